@@ -1,0 +1,83 @@
+// Command example is the flock demo: a hello-world service on the defaults
+// (port 5000, one worker per CPU). Every flock option is a flag.
+//
+//	go run ./example -workers 2
+//	kill -TTIN <master pid>   # one more worker
+//	curl -i localhost:5000/sleep?d=5s & kill -TERM <master pid>   # graceful
+//
+// Exit status: 0 after a graceful shutdown, 130 after SIGINT, 1 when it
+// could not start (bad flag, busy port) or every worker kept crashing.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/flockhq/flock"
+)
+
+func main() {
+	var o flock.Options
+	flag.StringVar(&o.Addr, "addr", "", "listen address (default :$PORT, else :5000)")
+	flag.IntVar(&o.Workers, "workers", 0, "worker processes (default $WEB_CONCURRENCY, else the number of CPUs)")
+	flag.IntVar(&o.WorkerGOMAXPROCS, "gomaxprocs", 0, "GOMAXPROCS of each worker (default CPUs / workers)")
+	flag.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 0, "graceful stop bound before workers are killed (default 30s)")
+	flag.DurationVar(&o.DrainDelay, "drain-delay", 0, "keep serving this long after QUIT/TERM before draining")
+	flag.DurationVar(&o.RestartDelay, "restart-delay", 0, "wait before re-forking a crashed worker (default 100ms)")
+	flag.IntVar(&o.RestartsPerMinute, "restarts-per-minute", 0, "crashes a slot may have per minute before it is given up (default 10)")
+	flag.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close idle keep-alive connections after (default 30s)")
+	flag.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 0, "bound on reading request headers (default 10s)")
+	flag.StringVar(&o.PIDFile, "pidfile", "", "write the master's pid here")
+	flag.StringVar(&o.TLSCertFile, "tls-cert", "", "serve HTTPS with this certificate file")
+	flag.StringVar(&o.TLSKeyFile, "tls-key", "", "and this key file")
+	flag.StringVar(&o.User, "user", "", "run workers as this user (master must be root)")
+	flag.StringVar(&o.Group, "group", "", "run workers with this group")
+	verbose := flag.Bool("v", false, "debug logs")
+	flag.Parse()
+
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	err := flock.Serve(handler(), o)
+	switch {
+	case err == nil:
+	case errors.Is(err, flock.ErrInterrupted):
+		os.Exit(130)
+	default:
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func handler() http.Handler {
+	pid := strconv.Itoa(os.Getpid())
+	hello := func(w http.ResponseWriter) {
+		w.Header().Set("X-Worker-Pid", pid)
+		fmt.Fprintf(w, "Hello from worker %s\n", pid)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { hello(w) })
+	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
+		d, err := time.ParseDuration(r.URL.Query().Get("d"))
+		if err != nil {
+			http.Error(w, "d: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
+		}
+		hello(w)
+	})
+	return mux
+}

@@ -1,0 +1,641 @@
+package flock
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// master supervises the workers. Everything in it is owned by the goroutine
+// running loop; other goroutines (child reapers, control-pipe readers,
+// timers) only send it messages.
+type master struct {
+	c     *config
+	log   *slog.Logger
+	ip    net.IP // bound address; nil for all interfaces
+	port  int
+	slots []*slot // in creation order
+	seq   int     // fork counter: orders workers by age
+	next  int     // next slot id
+
+	state   masterState
+	err     error // what Serve returns once every worker is gone
+	stopped bool  // sockets closed and workers told to stop
+
+	exits  chan exitMsg
+	msgs   chan workerMsg
+	timers chan func()
+	done   chan struct{} // closed when loop returns: unblocks late senders
+}
+
+type masterState int
+
+const (
+	running  masterState = iota
+	draining             // graceful shutdown, waiting out DrainDelay
+	stopping             // workers told to stop (or killed); waiting for exits
+)
+
+// slot is one place for a worker: its SO_REUSEPORT socket outlives the
+// worker, so connections queued on it wait for the replacement.
+type slot struct {
+	id       int
+	sock     *os.File
+	w        *worker     // nil while no worker runs
+	failures []time.Time // crash times within the last minute
+	restart  *time.Timer // pending re-fork
+	gaveUp   bool
+	removing bool // TTOU: the slot goes away when its worker exits
+}
+
+type worker struct {
+	pid        int
+	seq        int
+	slot       *slot
+	cmd        *exec.Cmd
+	ctrl       *os.File // master's end of the control socket pair
+	started    time.Time
+	ready      bool
+	stopReason string // set when the master asks it to go
+	kill       *time.Timer
+}
+
+type exitMsg struct {
+	w     *worker
+	state *os.ProcessState
+}
+
+type workerMsg struct {
+	w    *worker
+	line string
+}
+
+func runMaster(c *config) error {
+	// Pdeathsig fires when the thread that forked the child exits: keep
+	// every fork on this one thread, alive until Serve returns.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	m := &master{
+		c:      c,
+		log:    c.Logger,
+		exits:  make(chan exitMsg),
+		msgs:   make(chan workerMsg),
+		timers: make(chan func()),
+		done:   make(chan struct{}),
+	}
+	defer close(m.done)
+	if err := m.bindAll(); err != nil {
+		return err
+	}
+	defer m.closeSockets()
+	if c.PIDFile != "" {
+		if err := writePIDFile(c.PIDFile, os.Getpid()); err != nil {
+			return fmt.Errorf("flock: PIDFile %q: %v", c.PIDFile, err)
+		}
+		defer removePIDFile(c.PIDFile, os.Getpid())
+	}
+	sigs, stop := notifyMaster()
+	defer stop()
+
+	m.emit(Event{Kind: EventListening, Addr: net.JoinHostPort(m.c.host, strconv.Itoa(m.port))})
+	for _, s := range m.slots {
+		m.fork(s)
+	}
+	err := m.loop(sigs)
+	m.emit(Event{Kind: EventStopped})
+	return err
+}
+
+func (m *master) loop(sigs <-chan os.Signal) error {
+	for {
+		select {
+		case s := <-sigs:
+			m.onSignal(s)
+		case e := <-m.exits:
+			m.onExit(e)
+		case msg := <-m.msgs:
+			m.onMessage(msg)
+		case fn := <-m.timers:
+			fn()
+		}
+		if m.state == running && m.liveWorkers() == 0 && !m.anyRestartPending() {
+			m.err = m.gaveUpError()
+			m.state = stopping
+		}
+		if m.state == stopping && m.liveWorkers() == 0 {
+			return m.err
+		}
+	}
+}
+
+// after runs fn on the master's goroutine once d has passed.
+func (m *master) after(d time.Duration, fn func()) *time.Timer {
+	return time.AfterFunc(d, func() {
+		select {
+		case m.timers <- fn:
+		case <-m.done:
+		}
+	})
+}
+
+func (m *master) onSignal(sig os.Signal) {
+	m.emit(Event{Kind: EventSignal, Signal: sig})
+	switch masterSignals[sig] {
+	case actAddWorker:
+		if m.state != running {
+			m.log.Info("flock: TTIN ignored while shutting down")
+			return
+		}
+		m.addSlot()
+	case actRemoveWorker:
+		if m.state != running {
+			m.log.Info("flock: TTOU ignored while shutting down")
+			return
+		}
+		m.removeSlot()
+	case actGraceful:
+		if m.state != running {
+			m.log.Info("flock: already shutting down; send INT to stop at once", "signal", signalName(sig))
+			return
+		}
+		m.shutdown(sig)
+	case actImmediate:
+		m.killAll()
+	case actRoll, actUpgrade:
+		m.log.Warn("flock: signal not supported in this version; ignored", "signal", signalName(sig))
+	}
+}
+
+// bindAll creates the first Workers slots, resolving port 0 once so that
+// every slot shares the same port.
+func (m *master) bindAll() error {
+	addr, err := net.ResolveTCPAddr("tcp", m.c.Addr)
+	if err != nil {
+		return fmt.Errorf("flock: listen %s: %v", m.c.Addr, err)
+	}
+	m.ip, m.port = addr.IP, addr.Port
+	for range m.c.Workers {
+		if _, err := m.newSlot(); err != nil {
+			m.closeSockets()
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *master) newSlot() (*slot, error) {
+	f, port, err := bindSocket(m.ip, m.port)
+	if err != nil {
+		return nil, fmt.Errorf("flock: listen %s: %w", net.JoinHostPort(m.c.host, strconv.Itoa(m.port)), err)
+	}
+	m.port = port
+	s := &slot{id: m.next, sock: f}
+	m.next++
+	m.slots = append(m.slots, s)
+	return s, nil
+}
+
+func (m *master) closeSockets() {
+	for _, s := range m.slots {
+		s.closeSocket()
+	}
+}
+
+func (s *slot) closeSocket() {
+	if s.sock != nil {
+		s.sock.Close()
+		s.sock = nil
+	}
+}
+
+func (m *master) addSlot() {
+	s, err := m.newSlot()
+	if err != nil {
+		m.log.Error("flock: TTIN failed", "err", err)
+		return
+	}
+	m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
+	m.fork(s)
+}
+
+// removeSlot takes one slot away: preferably one with no running worker
+// (given up, or waiting to be re-forked), otherwise the oldest worker's.
+func (m *master) removeSlot() {
+	if m.activeSlots() <= 1 {
+		m.log.Info("flock: TTOU ignored: never fewer than one worker")
+		return
+	}
+	var victim *slot
+	for _, s := range m.slots {
+		if s.removing {
+			continue
+		}
+		if s.w == nil {
+			victim = s
+			break
+		}
+		if victim == nil || s.w.seq < victim.w.seq {
+			victim = s
+		}
+	}
+	victim.removing = true
+	if victim.w == nil {
+		m.dropSlot(victim)
+	} else {
+		// The worker's copy keeps the socket open until it has stopped
+		// accepting; then the last close resets (or, with
+		// net.ipv4.tcp_migrate_req=1, migrates) what is still queued.
+		victim.closeSocket()
+		m.stopWorker(victim.w, ReasonScaleDown)
+	}
+	m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
+}
+
+func (m *master) dropSlot(s *slot) {
+	if s.restart != nil {
+		s.restart.Stop()
+	}
+	s.closeSocket()
+	m.slots = slices.DeleteFunc(m.slots, func(x *slot) bool { return x == s })
+}
+
+func (m *master) shutdown(sig os.Signal) {
+	m.state = draining
+	m.emit(Event{Kind: EventShutdown, Reason: signalName(sig)})
+	for _, s := range m.slots {
+		if s.restart != nil {
+			s.restart.Stop()
+		}
+	}
+	m.after(m.c.DrainDelay, func() {
+		if m.state != draining {
+			return // INT came first
+		}
+		m.state = stopping
+		// Close the master's copies now: once each worker has closed its
+		// own, new connections are refused instead of queueing unserved.
+		m.closeSockets()
+		for _, s := range m.slots {
+			if s.w != nil {
+				m.stopWorker(s.w, ReasonShutdown)
+			}
+		}
+	})
+}
+
+func (m *master) killAll() {
+	if m.state == stopping && errors.Is(m.err, ErrInterrupted) {
+		return
+	}
+	if m.state != running {
+		m.log.Warn("flock: INT during graceful shutdown: killing every worker now")
+	}
+	m.state, m.err = stopping, ErrInterrupted
+	m.emit(Event{Kind: EventShutdown, Reason: signalName(syscall.SIGINT)})
+	m.closeSockets()
+	for _, s := range m.slots {
+		if s.restart != nil {
+			s.restart.Stop()
+		}
+		if s.w != nil {
+			s.w.stopReason = ReasonKilled
+			s.w.cmd.Process.Kill()
+		}
+	}
+}
+
+// stopWorker asks w to drain and exit, and kills it if it is still there
+// after ShutdownTimeout.
+func (m *master) stopWorker(w *worker, reason string) {
+	if w.stopReason != "" {
+		return
+	}
+	w.stopReason = reason
+	if _, err := w.ctrl.Write([]byte("stop\n")); err != nil {
+		m.log.Debug("flock: cannot tell worker to stop; it is probably exiting", "pid", w.pid, "err", err)
+	}
+	w.kill = m.after(m.c.ShutdownTimeout, func() {
+		if w.slot.w == w {
+			m.log.Warn("flock: worker still running after ShutdownTimeout; killing it", "pid", w.pid, "slot", w.slot.id, "timeout", m.c.ShutdownTimeout)
+			w.stopReason = ReasonKilled
+			w.cmd.Process.Kill()
+		}
+	})
+}
+
+// fork starts a worker in slot s. A failure to start counts as a crash.
+func (m *master) fork(s *slot) {
+	w, err := m.startWorker(s)
+	if err != nil {
+		m.log.Error("flock: cannot start worker", "slot", s.id, "err", err)
+		m.crashed(s, nil)
+		return
+	}
+	s.w = w
+	m.emit(Event{Kind: EventForked, PID: w.pid, Slot: s.id})
+}
+
+func (m *master) startWorker(s *slot) (*worker, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "flock-control"), os.NewFile(uintptr(fds[1]), "flock-control")
+	defer theirs.Close()
+
+	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
+	cmd.Env = m.workerEnv(s)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{s.sock, theirs} // fd 3 and fd 4
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if m.c.uid != nil {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: *m.c.uid, Gid: *m.c.gid}
+	}
+	if err := cmd.Start(); err != nil {
+		mine.Close()
+		return nil, err
+	}
+	m.seq++
+	w := &worker{pid: cmd.Process.Pid, seq: m.seq, slot: s, cmd: cmd, ctrl: mine, started: time.Now()}
+	go func() {
+		sc := bufio.NewScanner(mine)
+		for sc.Scan() {
+			select {
+			case m.msgs <- workerMsg{w, sc.Text()}:
+			case <-m.done:
+				return
+			}
+		}
+	}()
+	go func() {
+		cmd.Wait()
+		select {
+		case m.exits <- exitMsg{w, cmd.ProcessState}:
+		case <-m.done:
+		}
+	}()
+	return w, nil
+}
+
+func (m *master) workerEnv(s *slot) []string {
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, envWorker+"=") || strings.HasPrefix(kv, envMasterPID+"=")
+	})
+	env = append(env, envWorker+"="+strconv.Itoa(s.id), envMasterPID+"="+strconv.Itoa(os.Getpid()))
+	procs := m.c.WorkerGOMAXPROCS
+	if procs == 0 {
+		if _, set := os.LookupEnv("GOMAXPROCS"); set {
+			return env
+		}
+		procs = max(1, runtime.NumCPU()/m.activeSlots())
+	}
+	env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") })
+	return append(env, "GOMAXPROCS="+strconv.Itoa(procs))
+}
+
+func (m *master) onMessage(msg workerMsg) {
+	w := msg.w
+	switch msg.line {
+	case "ready":
+		w.ready = true
+		m.emit(Event{Kind: EventReady, PID: w.pid, Slot: w.slot.id})
+	default:
+		m.log.Warn("flock: unknown message from worker", "pid", w.pid, "message", msg.line)
+	}
+}
+
+func (m *master) onExit(e exitMsg) {
+	w, s := e.w, e.w.slot
+	w.ctrl.Close()
+	if w.kill != nil {
+		w.kill.Stop()
+	}
+	s.w = nil
+	reason := w.stopReason
+	if reason == "" {
+		reason = ReasonCrash
+	}
+	ev := Event{Kind: EventExited, PID: w.pid, Slot: s.id, Reason: reason, Status: e.state.ExitCode()}
+	if ws, ok := e.state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		ev.Signal = ws.Signal()
+	}
+	switch {
+	case s.removing:
+		m.dropSlot(s)
+		m.emit(ev)
+	case reason == ReasonCrash && m.state == running:
+		m.crashed(s, &ev)
+	default:
+		m.emit(ev)
+	}
+}
+
+// crashed records a crash of slot s and schedules its next worker, or gives
+// up on the slot. exited, when set, is the exit event, emitted with the
+// delay before the re-fork.
+func (m *master) crashed(s *slot, exited *Event) {
+	now := time.Now()
+	s.failures = recentFailures(append(s.failures, now), now)
+	s.gaveUp = len(s.failures) > m.c.RestartsPerMinute
+	if !s.gaveUp {
+		d := restartDelay(m.c.RestartDelay, len(s.failures))
+		s.restart = m.after(d, func() {
+			s.restart = nil
+			if m.state == running && !s.removing && s.w == nil {
+				m.fork(s)
+			}
+		})
+		if exited != nil {
+			exited.Delay = d
+		}
+	}
+	if exited != nil {
+		m.emit(*exited)
+	}
+	if s.gaveUp {
+		// Nobody will accept on this socket again: close it so the kernel
+		// stops queueing connections on it.
+		s.closeSocket()
+		m.emit(Event{Kind: EventGaveUp, Slot: s.id, Reason: fmt.Sprintf("more than %d crashes within a minute (RestartsPerMinute)", m.c.RestartsPerMinute)})
+	}
+}
+
+// recentFailures keeps the crash times of the last minute.
+func recentFailures(times []time.Time, now time.Time) []time.Time {
+	return slices.DeleteFunc(times, func(t time.Time) bool { return now.Sub(t) >= time.Minute })
+}
+
+// restartDelay is the back-off before re-forking a slot that crashed n
+// times within the last minute: base, doubling per crash, capped at
+// maxRestartDelay.
+func restartDelay(base time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < maxRestartDelay; i++ {
+		d *= 2
+	}
+	return min(d, maxRestartDelay)
+}
+
+func (m *master) liveWorkers() int {
+	n := 0
+	for _, s := range m.slots {
+		if s.w != nil {
+			n++
+		}
+	}
+	return n
+}
+
+func (m *master) anyRestartPending() bool {
+	return slices.ContainsFunc(m.slots, func(s *slot) bool { return s.restart != nil })
+}
+
+// activeSlots counts the slots that are not being removed.
+func (m *master) activeSlots() int {
+	n := 0
+	for _, s := range m.slots {
+		if !s.removing {
+			n++
+		}
+	}
+	return n
+}
+
+func (m *master) gaveUpError() error {
+	return fmt.Errorf("flock: no worker left: every slot crashed more than %d times within a minute (RestartsPerMinute)", m.c.RestartsPerMinute)
+}
+
+func (m *master) emit(e Event) {
+	e.Time = time.Now()
+	level, msg := slog.LevelInfo, "flock: "+string(e.Kind)
+	attrs := []any{"event", string(e.Kind)}
+	if e.PID != 0 {
+		attrs = append(attrs, "pid", e.PID, "slot", e.Slot)
+	}
+	switch e.Kind {
+	case EventListening:
+		attrs = append(attrs, "addr", e.Addr, "workers", len(m.slots), "master", os.Getpid())
+	case EventSignal:
+		attrs = append(attrs, "signal", signalName(e.Signal))
+	case EventScaled:
+		attrs = append(attrs, "workers", e.Workers)
+	case EventShutdown:
+		attrs = append(attrs, "reason", e.Reason)
+	case EventGaveUp:
+		level = slog.LevelError
+		attrs = append(attrs, "slot", e.Slot, "reason", e.Reason)
+	case EventExited:
+		attrs = append(attrs, "reason", e.Reason, "status", e.Status)
+		if e.Signal != nil {
+			attrs = append(attrs, "signal", signalName(e.Signal))
+		}
+		if e.Reason == ReasonCrash {
+			level = slog.LevelWarn
+			attrs = append(attrs, "restart_in", e.Delay.String())
+		}
+	}
+	m.log.Log(context.Background(), level, msg, attrs...)
+	if m.c.OnEvent != nil {
+		m.c.OnEvent(e)
+	}
+}
+
+// bindSocket creates a TCP socket with SO_REUSEPORT bound to ip:port, but
+// does not listen: the worker calls listen once it is ready, which is when
+// the kernel starts handing the socket connections. It returns the bound
+// port (useful when port is 0).
+func bindSocket(ip net.IP, port int) (*os.File, int, error) {
+	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: port})
+	if ip4 := ip.To4(); ip4 != nil {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: port, Addr: [4]byte(ip4)}
+	} else if ip != nil {
+		sa = &unix.SockaddrInet6{Port: port, Addr: [16]byte(ip.To16())}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil && ip == nil { // no IPv6 on this machine: all IPv4 interfaces
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: port}
+		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	opts := [][2]int{{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {unix.SOL_SOCKET, unix.SO_REUSEPORT}}
+	if family == unix.AF_INET6 && ip == nil {
+		opts = append(opts, [2]int{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY}) // set to 0 below: dual stack
+	}
+	for _, o := range opts {
+		v := 1
+		if o[1] == unix.IPV6_V6ONLY {
+			v = 0
+		}
+		if err := unix.SetsockoptInt(fd, o[0], o[1], v); err != nil {
+			unix.Close(fd)
+			return nil, 0, err
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, 0, err
+	}
+	if port == 0 {
+		got, err := unix.Getsockname(fd)
+		if err != nil {
+			unix.Close(fd)
+			return nil, 0, err
+		}
+		switch a := got.(type) {
+		case *unix.SockaddrInet4:
+			port = a.Port
+		case *unix.SockaddrInet6:
+			port = a.Port
+		}
+	}
+	return os.NewFile(uintptr(fd), "flock-slot"), port, nil
+}
+
+// writePIDFile writes pid atomically: a reader sees the old file or the new
+// one, never a half-written one.
+func writePIDFile(path string, pid int) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".flock-pid-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := fmt.Fprintf(tmp, "%d\n", pid); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// removePIDFile removes path only if it still names pid (a successor may
+// have replaced it).
+func removePIDFile(path string, pid int) {
+	b, err := os.ReadFile(path)
+	if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(pid) {
+		os.Remove(path)
+	}
+}

@@ -1,0 +1,143 @@
+package flock
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestRestartDelay(t *testing.T) {
+	base := 100 * time.Millisecond
+	for n, want := range map[int]time.Duration{
+		0: base, 1: base, 2: 200 * time.Millisecond, 3: 400 * time.Millisecond,
+		8: 12800 * time.Millisecond, 9: maxRestartDelay, 60: maxRestartDelay,
+	} {
+		assert.Equal(t, want, restartDelay(base, n), "after %d crashes", n)
+	}
+	assert.Equal(t, maxRestartDelay, restartDelay(time.Minute, 1), "the cap holds for a large base too")
+}
+
+func TestRecentFailures(t *testing.T) {
+	now := time.Now()
+	got := recentFailures([]time.Time{now.Add(-2 * time.Minute), now.Add(-time.Minute), now.Add(-59 * time.Second), now}, now)
+	assert.Equal(t, []time.Time{now.Add(-59 * time.Second), now}, got)
+}
+
+// A worker killed with SIGKILL is re-forked in the same slot.
+func TestCrashedWorkerIsReforked(t *testing.T) {
+	a := startApp(t, appSpec{Workers: 2})
+	pids := a.started(2)
+	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
+	exit := a.waitFor("the crash", 5*time.Second, func(r rec) bool { return r.str("event") == "exited" })
+	assert.Equal(t, ReasonCrash, exit.str("reason"))
+	assert.Equal(t, "SIGKILL", exit.str("signal"))
+	assert.Equal(t, "100ms", exit.str("restart_in"))
+	again := a.waitFor("a new worker in the slot", 5*time.Second, func(r rec) bool {
+		return r.str("event") == "ready" && r.int("slot") == exit.int("slot") && r.int("pid") != pids[0]
+	})
+	assert.True(t, alive(again.int("pid")))
+	assert.True(t, alive(pids[1]), "the other worker is untouched")
+}
+
+// A worker that fails at boot is re-forked with a growing delay; past the
+// budget the slot gives up, and with no slot left Serve returns an error.
+func TestBootFailureBacksOffThenGivesUp(t *testing.T) {
+	a := startApp(t, appSpec{Workers: 1, FailBoot: true, Restart: 20 * time.Millisecond, Budget: 3})
+	assert.Equal(t, 1, a.exitCode(20*time.Second))
+	var delays []string
+	for _, e := range a.events("exited") {
+		assert.Equal(t, ReasonCrash, e.str("reason"))
+		assert.Equal(t, exitBootFailure, e.int("status"))
+		delays = append(delays, e.str("restart_in"))
+	}
+	assert.Equal(t, []string{"20ms", "40ms", "80ms", "0s"}, delays)
+	assert.Len(t, a.events("gave-up"), 1)
+	assert.Len(t, a.find(func(r rec) bool { return r.str("step") == "Init" && r.str("err") == "init refuses on purpose" }), 4)
+	assert.NotEmpty(t, a.find(func(r rec) bool {
+		return r.str("msg") == "flock: no worker left: every slot crashed more than 3 times within a minute (RestartsPerMinute)"
+	}))
+}
+
+// Workers exit within 2 s of their master, even when it is killed with
+// SIGKILL and cannot tell them.
+func TestWorkersDieWithMaster(t *testing.T) {
+	a := startApp(t, appSpec{Workers: 3})
+	pids := a.started(3)
+	require.NoError(t, syscall.Kill(a.pid, syscall.SIGKILL))
+	start := time.Now()
+	ok := poll(2*time.Second, func() bool {
+		for _, pid := range pids {
+			if alive(pid) {
+				return false
+			}
+		}
+		return true
+	})
+	assert.True(t, ok, "workers still alive %v after the master was killed", time.Since(start))
+}
+
+// Connections queued on a slot's socket while its worker is dead are
+// served by the replacement: the master keeps the socket open.
+func TestQueuedConnectionsSurviveWorkerCrash(t *testing.T) {
+	a := startApp(t, appSpec{Workers: 1})
+	old := a.started(1)[0]
+	// Freeze the worker so connections pile up in the accept queue.
+	require.NoError(t, syscall.Kill(old, syscall.SIGSTOP))
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pid, err := get(a.url("/"))
+			if err == nil && pid == old {
+				err = fmt.Errorf("served by the frozen worker")
+			}
+			errs <- err
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // let the handshakes complete into the queue
+	require.NoError(t, syscall.Kill(old, syscall.SIGKILL))
+	wg.Wait()
+	close(errs)
+	var failed []string
+	for err := range errs {
+		if err != nil {
+			failed = append(failed, err.Error())
+		}
+	}
+	assert.Empty(t, failed, "queued requests lost: %s", strings.Join(failed, "; "))
+}
+
+// A worker told to stop (here by a TERM of its own) drains without losing
+// a request, and the master replaces it; the slot's socket stays open, so
+// no connection is refused meanwhile.
+func TestWorkerRestartUnderLoadLosesNothing(t *testing.T) {
+	for _, keepAlive := range []bool{true, false} {
+		t.Run(fmt.Sprintf("keepalive=%v", keepAlive), func(t *testing.T) {
+			a := startApp(t, appSpec{Workers: 2})
+			pids := a.started(2)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			done := make(chan *loadResult)
+			go func() { done <- load(ctx, a.url("/"), 8, 100000, keepAlive) }()
+			time.Sleep(300 * time.Millisecond)
+			for i, pid := range pids {
+				require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
+				a.waitUntil("a replacement", 5*time.Second, func() bool { return len(a.events("ready")) == len(pids)+i+1 })
+			}
+			res := <-done
+			assert.Zero(t, res.failed.Load(), res.String())
+			assert.Greater(t, res.ok.Load(), int64(500), res.String())
+			t.Log(res)
+		})
+	}
+}

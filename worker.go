@@ -1,0 +1,182 @@
+package flock
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Inherited file descriptors (exec.Cmd.ExtraFiles: entry i is fd 3+i).
+const (
+	fdListener = 3 // the slot's socket, bound by the master
+	fdControl  = 4 // the control socket pair; EOF means the master is gone
+)
+
+// orphanGrace bounds the drain when the master has died: workers must be
+// gone within 2 s of their master.
+const orphanGrace = 1500 * time.Millisecond
+
+func runWorker(h http.Handler, c *config) error {
+	log := c.Logger.With("pid", os.Getpid(), "slot", WorkerSlot())
+	signal.Ignore(workerIgnored...)
+	stopSig := make(chan os.Signal, 1)
+	signal.Notify(stopSig, workerStop...)
+	masterPID, _ := strconv.Atoi(os.Getenv(envMasterPID))
+
+	ctrl := os.NewFile(fdControl, "flock-control")
+	sock := os.NewFile(fdListener, "flock-listener")
+	if ctrl == nil || sock == nil {
+		return fmt.Errorf("flock: %s is set but fds %d and %d were not inherited", envWorker, fdListener, fdControl)
+	}
+	fail := func(what string, err error) {
+		log.Error("flock: worker cannot start", "step", what, "err", err)
+		os.Exit(exitBootFailure)
+	}
+	if c.Init != nil {
+		if err := c.Init(); err != nil {
+			fail("Init", err)
+		}
+	}
+	// Joining the reuseport group only now keeps traffic away from a worker
+	// that is not ready. For a replacement the socket already listens, and
+	// what queued on it while the slot was empty is served now.
+	if err := unix.Listen(fdListener, backlog()); err != nil {
+		fail("listen", err)
+	}
+	ln, err := net.FileListener(sock)
+	sock.Close()
+	if err != nil {
+		fail("listener", err)
+	}
+
+	conns := &connTracker{open: map[net.Conn]struct{}{}}
+	srv := &http.Server{
+		Handler:           h,
+		IdleTimeout:       c.IdleTimeout,
+		ReadHeaderTimeout: c.ReadHeaderTimeout,
+		ConnState:         conns.track,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:         c.TLSConfig,
+	}
+	served := make(chan error, 1)
+	go func() {
+		if c.TLSCertFile != "" || c.TLSConfig != nil {
+			served <- srv.ServeTLS(ln, c.TLSCertFile, c.TLSKeyFile)
+		} else {
+			served <- srv.Serve(ln)
+		}
+	}()
+	if _, err := ctrl.Write([]byte("ready\n")); err != nil {
+		log.Warn("flock: cannot reach the master", "err", err)
+	}
+
+	fromMaster := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(ctrl)
+		for sc.Scan() {
+			fromMaster <- sc.Text()
+		}
+		close(fromMaster) // EOF: the master is gone
+	}()
+
+	budget := c.ShutdownTimeout
+	for stop := false; !stop; {
+		select {
+		case line, ok := <-fromMaster:
+			switch {
+			case !ok:
+				log.Warn("flock: master is gone; stopping")
+				budget, stop = orphanGrace, true
+			case line == "stop":
+				stop = true
+			}
+		case sig := <-stopSig:
+			if os.Getppid() != masterPID { // Pdeathsig: the master died
+				budget = orphanGrace
+			}
+			log.Info("flock: worker stopping on signal", "signal", signalName(sig))
+			stop = true
+		case err := <-served:
+			log.Error("flock: worker stopped serving", "err", err)
+			return fmt.Errorf("flock: serve: %w", err)
+		}
+	}
+	drain(srv, ln, conns, budget)
+	return nil
+}
+
+// drain stops srv without losing a request on a connection already
+// accepted. http.Server.Shutdown alone drops a request read just after the
+// shutdown began (conn.serve checks shuttingDown after reading), so first:
+// stop accepting, turn keep-alives off (which also closes idle
+// connections), and wait until every tracked connection has closed; only
+// then Shutdown, which has nothing left to drop.
+func drain(srv *http.Server, ln net.Listener, conns *connTracker, budget time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	ln.Close()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for conns.count() > 0 {
+		// Repeated because a connection that has sent nothing for 5 s only
+		// counts as idle from then on.
+		srv.SetKeepAlivesEnabled(false)
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			srv.Close()
+			return
+		}
+	}
+	srv.Shutdown(ctx)
+}
+
+// connTracker follows the HTTP/1 connections a drain must wait for.
+// Hijacked connections are the handler's business; HTTP/2 connections are
+// drained by Shutdown's GOAWAY, which loses nothing.
+type connTracker struct {
+	mu   sync.Mutex
+	open map[net.Conn]struct{}
+}
+
+func (t *connTracker) track(c net.Conn, s http.ConnState) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch s {
+	case http.StateNew:
+		t.open[c] = struct{}{}
+	case http.StateActive:
+		if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
+			delete(t.open, c)
+		}
+	case http.StateClosed, http.StateHijacked:
+		delete(t.open, c)
+	}
+}
+
+func (t *connTracker) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.open)
+}
+
+// backlog is the listen backlog: the kernel's maximum, as net.Listen uses.
+func backlog() int {
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if n, err2 := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && err2 == nil && n > 0 {
+		return min(n, 1<<16-1)
+	}
+	return unix.SOMAXCONN
+}
