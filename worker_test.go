@@ -1,0 +1,91 @@
+package flock
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// writeCert writes a self-signed certificate for 127.0.0.1 and its key.
+func writeCert(t *testing.T) (certFile, keyFile string) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "flock test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kder, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
+	return certFile, keyFile
+}
+
+func TestTLS(t *testing.T) {
+	cert, key := writeCert(t)
+	a := startApp(t, appSpec{Workers: 2, TLSCert: cert, TLSKey: key})
+	a.started(2)
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true,
+	}}
+	resp, err := c.Get("https://" + a.addr + "/")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, "HTTP/2.0", resp.Proto)
+	assert.True(t, strings.HasPrefix(string(body), "Hello from worker "), string(body))
+
+	// An HTTP/2 connection does not hold up the drain: Shutdown sends GOAWAY.
+	a.signal(syscall.SIGTERM)
+	assert.Equal(t, 0, a.exitCode(10*time.Second))
+}
+
+// As root, User runs the workers under another identity.
+func TestWorkersRunAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: only root can start workers as another user")
+	}
+	// The test binary must be executable by that user: copy it somewhere
+	// everyone can read.
+	dir, err := os.MkdirTemp("", "flock-user-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	bin := filepath.Join(dir, "flock.test")
+	src, err := os.ReadFile(os.Args[0])
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bin, src, 0o755))
+
+	a := startAppCmd(t, exec.Command(bin), `{"Addr":"127.0.0.1:0","Workers":1,"User":"nobody"}`)
+	pid := a.started(1)[0]
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	assert.Contains(t, string(status), "\nUid:\t65534\t65534\t65534\t65534\n")
+	got, err := get(a.url("/"))
+	require.NoError(t, err)
+	assert.Equal(t, pid, got)
+}
