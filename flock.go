@@ -59,6 +59,7 @@ import (
 	"os/user"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -131,6 +132,36 @@ type Options struct {
 	TLSCertFile, TLSKeyFile string
 	TLSConfig               *tls.Config
 
+	// MonitorAddr is where the master serves the ECV monitor (SPEC §4).
+	// Default: the application's host and port + 1 (port 0 when the
+	// application's port is 0). "off" turns the monitor off.
+	MonitorAddr string
+
+	// MonitorPath is the ECV path; control is at MonitorPath+"/disable" and
+	// MonitorPath+"/enable". Default "/ecv".
+	MonitorPath string
+
+	// MonitorProbe, when set, is a path on the application port (or a full
+	// http:// or https:// URL) that the master GETs before it answers
+	// AVAILABLE: a status of 300 or more, a
+	// refused connection or a timeout makes the ECV answer WARNING. The
+	// result is kept for a second, so a busy load balancer does not load the
+	// application.
+	MonitorProbe string
+
+	// MonitorProbeTimeout bounds one probe. Default 1s.
+	MonitorProbeTimeout time.Duration
+
+	// MonitorReadOnly turns off /ecv/disable and /ecv/enable (they answer
+	// 404): only a restart or a signal changes what the monitor reports.
+	MonitorReadOnly bool
+
+	// AccessKey, when set, lets callers that are not on loopback use the
+	// monitor's control endpoints (as ?accessKey=KEY or "Authorization:
+	// Bearer KEY"). Without it only loopback callers may. Extensions such as
+	// the command surface use the same key.
+	AccessKey string
+
 	// User and Group, names or numeric ids, run the workers under another
 	// identity (the master must be root). Group defaults to User's primary
 	// group.
@@ -151,6 +182,7 @@ const (
 	EventGaveUp    EventKind = "gave-up"   // a slot crashed too often and is not re-forked
 	EventShutdown  EventKind = "shutdown"  // a shutdown began; Reason says which
 	EventStopped   EventKind = "stopped"   // the master is about to return from Serve
+	EventMonitor   EventKind = "ecv"       // taken out of rotation or back in; Reason says which
 )
 
 // Why a worker exited (Event.Reason for EventExited).
@@ -172,8 +204,9 @@ type Event struct {
 	Signal os.Signal // the signal received (EventSignal) or that ended the worker
 	// Workers is the number of worker slots after the event (EventScaled).
 	Workers int
-	// Addr is the listening address (EventListening).
-	Addr string
+	// Addr and Monitor are the listening addresses of the application and
+	// of the monitor ("" when off) (EventListening).
+	Addr, Monitor string
 	// Delay is the wait before the slot's next worker (EventExited, crash).
 	Delay time.Duration
 }
@@ -242,6 +275,9 @@ const (
 	defaultRestartsPerMinute = 10
 	defaultIdleTimeout       = 30 * time.Second
 	defaultReadHeaderTimeout = 10 * time.Second
+	defaultProbeTimeout      = time.Second
+	defaultMonitorPath       = "/ecv"
+	monitorOff               = "off"
 )
 
 // resolve fills in defaults (explicit option, then environment, then
@@ -301,6 +337,7 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 		{"RestartDelay", &c.RestartDelay, defaultRestartDelay},
 		{"IdleTimeout", &c.IdleTimeout, defaultIdleTimeout},
 		{"ReadHeaderTimeout", &c.ReadHeaderTimeout, defaultReadHeaderTimeout},
+		{"MonitorProbeTimeout", &c.MonitorProbeTimeout, defaultProbeTimeout},
 	} {
 		if *d.v < 0 {
 			return nil, fmt.Errorf("flock: %s %v: must not be negative", d.name, *d.v)
@@ -308,6 +345,9 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
+	}
+	if err := c.resolveMonitor(); err != nil {
+		return nil, err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -324,6 +364,40 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+func (c *config) resolveMonitor() error {
+	if c.MonitorPath == "" {
+		c.MonitorPath = defaultMonitorPath
+	}
+	if !strings.HasPrefix(c.MonitorPath, "/") || c.MonitorPath == "/" {
+		return fmt.Errorf("flock: MonitorPath %q: must start with / and not be / (the status page)", c.MonitorPath)
+	}
+	if p := c.MonitorProbe; p != "" && !strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "http://") && !strings.HasPrefix(p, "https://") {
+		return fmt.Errorf("flock: MonitorProbe %q: must be a path starting with / or an http(s):// URL", p)
+	}
+	switch c.MonitorAddr {
+	case monitorOff:
+		return nil
+	case "":
+		port := 0
+		if c.port != 0 {
+			port = c.port + 1
+		}
+		if port > 65535 {
+			return fmt.Errorf("flock: MonitorAddr: the default (application port + 1) is %d; set MonitorAddr", port)
+		}
+		c.MonitorAddr = net.JoinHostPort(c.host, strconv.Itoa(port))
+		return nil
+	}
+	_, port, err := net.SplitHostPort(c.MonitorAddr)
+	if err == nil {
+		_, err = parsePort(port)
+	}
+	if err != nil {
+		return fmt.Errorf("flock: MonitorAddr %q: %v (or %q to turn the monitor off)", c.MonitorAddr, err, monitorOff)
+	}
+	return nil
 }
 
 func parsePort(s string) (int, error) {

@@ -44,6 +44,12 @@ type appSpec struct {
 	TLSKey   string
 	User     string
 	FailBoot bool // every worker's Init fails
+
+	Monitor      string
+	Probe        string
+	ProbeTimeout time.Duration
+	AccessKey    string
+	ReadOnly     bool
 }
 
 func TestMain(m *testing.M) {
@@ -64,6 +70,8 @@ func runTestApp(js string) int {
 		Addr: s.Addr, Workers: s.Workers, ShutdownTimeout: s.Shutdown, DrainDelay: s.Drain,
 		RestartDelay: s.Restart, RestartsPerMinute: s.Budget, PIDFile: s.PIDFile,
 		TLSCertFile: s.TLSCert, TLSKeyFile: s.TLSKey, User: s.User, Logger: log,
+		MonitorAddr: s.Monitor, MonitorProbe: s.Probe, MonitorProbeTimeout: s.ProbeTimeout,
+		AccessKey: s.AccessKey, MonitorReadOnly: s.ReadOnly,
 	}
 	if s.FailBoot {
 		o.Init = func() error { return errors.New("init refuses on purpose") }
@@ -73,6 +81,9 @@ func runTestApp(js string) int {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Worker-Pid", pid)
 		fmt.Fprintf(w, "Hello from worker %s\n", pid)
+	})
+	mux.HandleFunc("/fail", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "failing on purpose", http.StatusInternalServerError)
 	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
@@ -95,11 +106,12 @@ func runTestApp(js string) int {
 
 // app is one running master (and its workers) started by a test.
 type app struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	pid    int
-	addr   string
-	exited chan struct{}
+	t       *testing.T
+	cmd     *exec.Cmd
+	pid     int
+	addr    string
+	monitor string
+	exited  chan struct{}
 
 	mu     sync.Mutex
 	recs   []rec
@@ -181,14 +193,20 @@ func (a *app) read(r io.ReadCloser) {
 // returns their pids.
 func (a *app) started(n int) []int {
 	a.t.Helper()
-	l := a.waitFor("listening", 10*time.Second, func(r rec) bool { return r.str("event") == "listening" })
-	a.addr = l.str("addr")
+	a.listening()
 	a.waitUntil(fmt.Sprintf("%d workers ready", n), 20*time.Second, func() bool { return len(a.events("ready")) >= n })
 	var pids []int
 	for _, r := range a.events("ready") {
 		pids = append(pids, r.int("pid"))
 	}
 	return pids
+}
+
+// listening waits until the master has bound its sockets.
+func (a *app) listening() {
+	a.t.Helper()
+	l := a.waitFor("listening", 10*time.Second, func(r rec) bool { return r.str("event") == "listening" })
+	a.addr, a.monitor = l.str("addr"), l.str("monitor")
 }
 
 func (a *app) events(kind string) []rec {
@@ -258,6 +276,19 @@ func (a *app) exitCode(d time.Duration) int {
 }
 
 func (a *app) url(path string) string { return "http://" + a.addr + path }
+
+// mon sends a request to the monitor and returns the status and body.
+func (a *app) mon(method, path string) (int, string, http.Header) {
+	a.t.Helper()
+	req, err := http.NewRequest(method, "http://"+a.monitor+path, nil)
+	require.NoError(a.t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(a.t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(a.t, err)
+	return resp.StatusCode, string(b), resp.Header
+}
 
 // get makes one request on a fresh connection.
 func get(url string) (pid int, err error) {

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,14 +33,16 @@ type master struct {
 	seq   int     // fork counter: orders workers by age
 	next  int     // next slot id
 
-	state   masterState
-	err     error // what Serve returns once every worker is gone
-	stopped bool  // sockets closed and workers told to stop
+	state    masterState
+	err      error // what Serve returns once every worker is gone
+	started  time.Time
+	disabled bool // taken out of rotation through the monitor
 
-	exits  chan exitMsg
-	msgs   chan workerMsg
-	timers chan func()
-	done   chan struct{} // closed when loop returns: unblocks late senders
+	exits chan exitMsg
+	msgs  chan workerMsg
+	inbox chan func()   // timers and callers (monitor, commands) run code here
+	done  chan struct{} // closed when loop returns: unblocks late senders
+	snap  atomic.Pointer[snapshot]
 }
 
 type masterState int
@@ -72,6 +75,7 @@ type worker struct {
 	ready      bool
 	stopReason string // set when the master asks it to go
 	kill       *time.Timer
+	requests   int64 // served, as last reported by the worker
 }
 
 type exitMsg struct {
@@ -91,18 +95,25 @@ func runMaster(c *config) error {
 	defer runtime.UnlockOSThread()
 
 	m := &master{
-		c:      c,
-		log:    c.Logger,
-		exits:  make(chan exitMsg),
-		msgs:   make(chan workerMsg),
-		timers: make(chan func()),
-		done:   make(chan struct{}),
+		c:       c,
+		log:     c.Logger,
+		started: time.Now(),
+		exits:   make(chan exitMsg),
+		msgs:    make(chan workerMsg),
+		inbox:   make(chan func()),
+		done:    make(chan struct{}),
 	}
 	defer close(m.done)
 	if err := m.bindAll(); err != nil {
 		return err
 	}
 	defer m.closeSockets()
+	m.publish()
+	mon, err := startMonitor(m)
+	if err != nil {
+		return err
+	}
+	defer mon.close()
 	if c.PIDFile != "" {
 		if err := writePIDFile(c.PIDFile, os.Getpid()); err != nil {
 			return fmt.Errorf("flock: PIDFile %q: %v", c.PIDFile, err)
@@ -112,11 +123,11 @@ func runMaster(c *config) error {
 	sigs, stop := notifyMaster()
 	defer stop()
 
-	m.emit(Event{Kind: EventListening, Addr: net.JoinHostPort(m.c.host, strconv.Itoa(m.port))})
+	m.emit(Event{Kind: EventListening, Addr: net.JoinHostPort(m.c.host, strconv.Itoa(m.port)), Monitor: mon.addr()})
 	for _, s := range m.slots {
 		m.fork(s)
 	}
-	err := m.loop(sigs)
+	err = m.loop(sigs)
 	m.emit(Event{Kind: EventStopped})
 	return err
 }
@@ -130,9 +141,10 @@ func (m *master) loop(sigs <-chan os.Signal) error {
 			m.onExit(e)
 		case msg := <-m.msgs:
 			m.onMessage(msg)
-		case fn := <-m.timers:
+		case fn := <-m.inbox:
 			fn()
 		}
+		m.publish()
 		if m.state == running && m.liveWorkers() == 0 && !m.anyRestartPending() {
 			m.err = m.gaveUpError()
 			m.state = stopping
@@ -147,10 +159,75 @@ func (m *master) loop(sigs <-chan os.Signal) error {
 func (m *master) after(d time.Duration, fn func()) *time.Timer {
 	return time.AfterFunc(d, func() {
 		select {
-		case m.timers <- fn:
+		case m.inbox <- fn:
 		case <-m.done:
 		}
 	})
+}
+
+// call runs fn on the master's goroutine and waits for it. It reports
+// false, without running fn, once the master has stopped.
+func (m *master) call(fn func()) bool {
+	done := make(chan struct{})
+	select {
+	case m.inbox <- func() { fn(); close(done) }:
+		<-done
+		return true
+	case <-m.done:
+		return false
+	}
+}
+
+// snapshot is what the master's state looks like from other goroutines:
+// rebuilt by the loop after every event, never modified once published.
+type snapshot struct {
+	state    masterState
+	disabled bool
+	ready    int
+	workers  []WorkerStatus
+}
+
+// WorkerStatus describes one worker (the monitor's JSON status).
+type WorkerStatus struct {
+	PID      int       `json:"pid"`
+	Slot     int       `json:"slot"`
+	State    string    `json:"state"` // starting, ready, stopping
+	Started  time.Time `json:"started"`
+	Requests int64     `json:"requests"` // served, as last reported (every second at most)
+	RSS      int64     `json:"rss"`      // resident memory in bytes, read from /proc when asked
+}
+
+func (m *master) publish() {
+	s := &snapshot{state: m.state, disabled: m.disabled}
+	for _, sl := range m.slots {
+		w := sl.w
+		if w == nil {
+			continue
+		}
+		st := "starting"
+		switch {
+		case w.stopReason != "":
+			st = "stopping"
+		case w.ready:
+			st = "ready"
+			s.ready++
+		}
+		s.workers = append(s.workers, WorkerStatus{PID: w.pid, Slot: sl.id, State: st, Started: w.started, Requests: w.requests})
+	}
+	m.snap.Store(s)
+}
+
+// setDisabled takes the node out of rotation (or back in).
+func (m *master) setDisabled(v bool) {
+	if m.disabled == v {
+		return
+	}
+	m.disabled = v
+	reason := "enabled"
+	if v {
+		reason = "disabled"
+	}
+	m.emit(Event{Kind: EventMonitor, Reason: reason})
 }
 
 func (m *master) onSignal(sig os.Signal) {
@@ -411,10 +488,13 @@ func (m *master) workerEnv(s *slot) []string {
 
 func (m *master) onMessage(msg workerMsg) {
 	w := msg.w
-	switch msg.line {
+	verb, arg, _ := strings.Cut(msg.line, " ")
+	switch verb {
 	case "ready":
 		w.ready = true
 		m.emit(Event{Kind: EventReady, PID: w.pid, Slot: w.slot.id})
+	case "requests":
+		w.requests, _ = strconv.ParseInt(arg, 10, 64)
 	default:
 		m.log.Warn("flock: unknown message from worker", "pid", w.pid, "message", msg.line)
 	}
@@ -530,12 +610,12 @@ func (m *master) emit(e Event) {
 	}
 	switch e.Kind {
 	case EventListening:
-		attrs = append(attrs, "addr", e.Addr, "workers", len(m.slots), "master", os.Getpid())
+		attrs = append(attrs, "addr", e.Addr, "monitor", e.Monitor, "workers", len(m.slots), "master", os.Getpid())
 	case EventSignal:
 		attrs = append(attrs, "signal", signalName(e.Signal))
 	case EventScaled:
 		attrs = append(attrs, "workers", e.Workers)
-	case EventShutdown:
+	case EventShutdown, EventMonitor:
 		attrs = append(attrs, "reason", e.Reason)
 	case EventGaveUp:
 		level = slog.LevelError

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -62,8 +63,12 @@ func runWorker(h http.Handler, c *config) error {
 	}
 
 	conns := &connTracker{open: map[net.Conn]struct{}{}}
+	var requests atomic.Int64
 	srv := &http.Server{
-		Handler:           h,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			requests.Add(1)
+			h.ServeHTTP(w, r)
+		}),
 		IdleTimeout:       c.IdleTimeout,
 		ReadHeaderTimeout: c.ReadHeaderTimeout,
 		ConnState:         conns.track,
@@ -91,9 +96,19 @@ func runWorker(h http.Handler, c *config) error {
 		close(fromMaster) // EOF: the master is gone
 	}()
 
+	// The master shows how many requests each worker served; tell it at
+	// most once a second, and not at all while idle.
+	report := time.NewTicker(time.Second)
+	defer report.Stop()
+	var reported int64
 	budget := c.ShutdownTimeout
 	for stop := false; !stop; {
 		select {
+		case <-report.C:
+			if n := requests.Load(); n != reported {
+				reported = n
+				fmt.Fprintf(ctrl, "requests %d\n", n)
+			}
 		case line, ok := <-fromMaster:
 			switch {
 			case !ok:

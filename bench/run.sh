@@ -64,10 +64,15 @@ for mode in keep-alive new-connection; do
   for r in $(seq "$rounds"); do
     port=$((port + 2))
     serve plain $port; p=$(rps $port "${args[@]}"); cleanup
-    serve flock $port; f=$(rps $port "${args[@]}"); cleanup
+    serve flock $port; f=$(rps $port "${args[@]}")
+    # How the kernel's reuseport hash split the requests between workers
+    # (the monitor's status page, on port + 1).
+    sleep 1.2 # workers report their counts once a second
+    split=$(curl -fs "http://127.0.0.1:$((port + 1))/" | awk -F'[:,]' '/"requests"/ {gsub(/ /, "", $2); printf "%s%s", sep, $2; sep="/"}')
+    cleanup
     ratio=$(awk -v f="$f" -v p="$p" 'BEGIN {printf "%.3f", f/p}')
     echo "$ratio" >>"$out/$mode.ratios"
-    printf '%-15s round %d: plain %10.0f req/s   flock %10.0f req/s   ratio %s\n' "$mode" "$r" "$p" "$f" "$ratio"
+    printf '%-15s round %d: plain %8.0f req/s   flock %8.0f req/s   ratio %s   (per-worker requests %s)\n' "$mode" "$r" "$p" "$f" "$ratio" "$split"
   done
   printf '%-15s median ratio flock/plain: %s\n' "$mode" "$(median <"$out/$mode.ratios")"
 done

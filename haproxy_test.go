@@ -1,0 +1,132 @@
+package flock
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// haproxyConfig is the deployment recipe of the README, with fast checks.
+const haproxyConfig = `global
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+
+frontend web
+    bind %s
+    default_backend flock
+
+backend flock
+    balance roundrobin
+    option httpchk GET /ecv
+    http-check expect status 200
+    default-server inter 100ms fall 1 rise 1
+    server a %s check port %s
+    server b %s check port %s
+`
+
+// Two flock instances behind a real HAProxy that watches their ECV: taking
+// one out of rotation, then stopping it with TERM and a DrainDelay longer
+// than two check intervals, loses no request.
+func TestHAProxy(t *testing.T) {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		t.Skip("haproxy is not installed (apt-get install haproxy; .ci/run does it)")
+	}
+	a := startApp(t, appSpec{Workers: 2, Drain: time.Second})
+	b := startApp(t, appSpec{Workers: 2})
+	pidsA, pidsB := a.started(2), b.started(2)
+
+	fe := freePort(t)
+	_, portA, _ := net.SplitHostPort(a.addr)
+	_, monA, _ := net.SplitHostPort(a.monitor)
+	_, portB, _ := net.SplitHostPort(b.addr)
+	_, monB, _ := net.SplitHostPort(b.monitor)
+	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
+	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, haproxyConfig, fe, "127.0.0.1:"+portA, monA, "127.0.0.1:"+portB, monB), 0o644))
+	hap := exec.Command(bin, "-db", "-f", cfg)
+	hap.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	hap.Stdout, hap.Stderr = os.Stderr, os.Stderr
+	require.NoError(t, hap.Start())
+	t.Cleanup(func() { syscall.Kill(-hap.Process.Pid, syscall.SIGKILL); hap.Wait() })
+	url := "http://" + fe + "/"
+
+	servedBy := func(n int) (fromA, fromB int) {
+		for range n {
+			pid, err := get(url)
+			require.NoError(t, err)
+			switch {
+			case slices.Contains(pidsA, pid):
+				fromA++
+			case slices.Contains(pidsB, pid):
+				fromB++
+			}
+		}
+		return
+	}
+	require.True(t, poll(10*time.Second, func() bool {
+		_, err := get(url)
+		if err != nil {
+			return false
+		}
+		fromA, fromB := servedBy(10)
+		return fromA > 0 && fromB > 0
+	}), "HAProxy never balanced over both instances")
+
+	// (a) Take A out of rotation under load.
+	for _, keepAlive := range []bool{true, false} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		done := make(chan *loadResult)
+		go func() { done <- load(ctx, url, 8, 50000, keepAlive) }()
+		time.Sleep(500 * time.Millisecond)
+		code, _, _ := a.mon("POST", "/ecv/disable")
+		require.Equal(t, 204, code)
+		time.Sleep(500 * time.Millisecond) // a few check intervals
+		fromA, fromB := servedBy(20)
+		res := <-done
+		cancel()
+		t.Logf("disable under load (keep-alive %v): %s", keepAlive, res)
+		assert.Zero(t, res.failed.Load(), "disable, keep-alive %v: %s", keepAlive, res)
+		assert.Zero(t, fromA, "A still gets traffic while disabled")
+		assert.Equal(t, 20, fromB)
+
+		code, _, _ = a.mon("POST", "/ecv/enable")
+		require.Equal(t, 204, code)
+		require.True(t, poll(5*time.Second, func() bool { fromA, _ := servedBy(10); return fromA > 0 }), "A never came back")
+	}
+
+	// (b) Stop A with TERM under load: the ECV turns DISABLED at once and
+	// HAProxy moves away before A stops accepting.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	done := make(chan *loadResult)
+	go func() { done <- load(ctx, url, 8, 100000, false) }()
+	time.Sleep(500 * time.Millisecond)
+	a.signal(syscall.SIGTERM)
+	res := <-done
+	t.Logf("TERM under load: %s", res)
+	assert.Zero(t, res.failed.Load(), "TERM: %s", res)
+	assert.Equal(t, 0, a.exitCode(10*time.Second))
+}
+
+// freePort returns a loopback address nobody listens on right now.
+func freePort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
