@@ -1,6 +1,7 @@
 package flock
 
 import (
+	"cmp"
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
@@ -12,7 +13,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The monitor is the master's ECV port (SPEC §4): load balancers ask it
@@ -23,7 +27,9 @@ import (
 type monitor struct {
 	m        *master
 	ln       net.Listener
+	f        *os.File // a copy of ln's socket, for a USR2 upgrade to inherit
 	srv      *http.Server
+	serving  bool
 	probe    *prober
 	ip, host string
 	port     string
@@ -36,23 +42,68 @@ const (
 	ecvWarning   = "WARNING"
 )
 
-func startMonitor(m *master) (*monitor, error) {
+// startMonitor binds the monitor, or takes the listener an old master
+// handed down; in that case it serves only from the handover on, so that
+// load balancers keep hearing the old master until the new one is ready.
+func startMonitor(m *master, inh *inherited) (*monitor, error) {
 	c := m.c
-	if c.MonitorAddr == monitorOff {
+	var ln net.Listener
+	var err error
+	switch {
+	case inh != nil && inh.monitor != nil:
+		ln, err = net.FileListener(inh.monitor)
+		inh.monitor.Close()
+		if err != nil {
+			return nil, fmt.Errorf("flock: monitor: inherited listener: %v", err)
+		}
+	case inh != nil || c.MonitorAddr == monitorOff:
 		return &monitor{}, nil
+	default:
+		if ln, err = net.Listen("tcp", c.MonitorAddr); err != nil {
+			return nil, fmt.Errorf("flock: monitor: listen %s: %w", c.MonitorAddr, unwrapOpError(err))
+		}
 	}
-	ln, err := net.Listen("tcp", c.MonitorAddr)
+	f, err := dupFile(ln.(*net.TCPListener), "flock-monitor")
 	if err != nil {
-		return nil, fmt.Errorf("flock: monitor: listen %s: %w", c.MonitorAddr, unwrapOpError(err))
+		ln.Close()
+		return nil, fmt.Errorf("flock: monitor: %v", err)
 	}
-	mon := &monitor{m: m, ln: ln, ip: nodeIP(), port: strconv.Itoa(m.port)}
+	mon := &monitor{m: m, ln: ln, f: f, ip: nodeIP(), port: strconv.Itoa(m.port)}
 	mon.host, _ = os.Hostname()
 	if c.MonitorProbe != "" {
 		mon.probe = newProber(c, m.port)
 	}
 	mon.srv = &http.Server{Handler: mon, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
-	go mon.srv.Serve(ln)
+	if inh == nil {
+		mon.serve()
+	}
 	return mon, nil
+}
+
+func (mon *monitor) serve() {
+	if mon.srv != nil && !mon.serving {
+		mon.serving = true
+		go mon.srv.Serve(mon.ln)
+	}
+}
+
+// file is the listener's socket for a new master to inherit, or nil.
+func (mon *monitor) file() *os.File { return mon.f }
+
+// dupFile copies a listener's descriptor into an os.File without
+// TCPListener.File, whose Fd (called by os/exec) would switch the socket,
+// shared with the listener, to blocking mode.
+func dupFile(ln syscall.Conn, name string) (*os.File, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var fd int
+	cerr := rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if err = cmp.Or(cerr, err); err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), name), nil
 }
 
 func (mon *monitor) addr() string {
@@ -65,6 +116,8 @@ func (mon *monitor) addr() string {
 func (mon *monitor) close() {
 	if mon.srv != nil {
 		mon.srv.Close()
+		mon.ln.Close() // Close does not when Serve never ran
+		mon.f.Close()
 	}
 }
 

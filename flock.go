@@ -103,6 +103,38 @@ type Options struct {
 	// Serve returns an error. Default 10.
 	RestartsPerMinute int
 
+	// BootTimeout bounds a worker's start: a worker not ready (Init
+	// returned, listening) within it is killed and counts as a crash.
+	// Default 60s.
+	BootTimeout time.Duration
+
+	// Timeout is the heartbeat: a worker silent for Timeout is asked for a
+	// sign of life and killed (then replaced) if it does not answer within
+	// a second. Default 30s.
+	Timeout time.Duration
+
+	// MaxRequests recycles a worker (readiness-gated replacement) after it
+	// has served this many requests, plus a random jitter of up to 10 % so
+	// that workers do not recycle together. Default 0: never.
+	MaxRequests int
+
+	// MaxMemory recycles a worker whose resident memory exceeds this many
+	// bytes (checked every 2 s). Default 0: never.
+	MaxMemory int64
+
+	// MaxUptime recycles a worker after this long (plus up to 10 %
+	// jitter). Default 0: never.
+	MaxUptime time.Duration
+
+	// RestartConcurrencyRatio sets how many workers a rolling restart (HUP)
+	// replaces at once: 1 + floor(workers × ratio). Default 0.33.
+	RestartConcurrencyRatio float64
+
+	// UpgradeTimeout bounds a USR2 binary upgrade: a new master whose
+	// workers are not all ready within it is killed, and the old master
+	// keeps serving. Default 2 × BootTimeout.
+	UpgradeTimeout time.Duration
+
 	// IdleTimeout closes idle keep-alive connections. Default 30s.
 	IdleTimeout time.Duration
 
@@ -183,14 +215,21 @@ const (
 	EventShutdown  EventKind = "shutdown"  // a shutdown began; Reason says which
 	EventStopped   EventKind = "stopped"   // the master is about to return from Serve
 	EventMonitor   EventKind = "ecv"       // taken out of rotation or back in; Reason says which
+	EventRoll      EventKind = "roll"      // a rolling restart began, finished or failed; Reason says
+	EventUpgrade   EventKind = "upgrade"   // a binary upgrade began, handed over or failed; Reason says
 )
 
 // Why a worker exited (Event.Reason for EventExited).
 const (
-	ReasonCrash     = "crash"      // it exited unasked
-	ReasonScaleDown = "scale-down" // TTOU
-	ReasonShutdown  = "shutdown"   // graceful shutdown
-	ReasonKilled    = "killed"     // killed by the master (timeout, INT)
+	ReasonCrash       = "crash"        // it exited unasked
+	ReasonScaleDown   = "scale-down"   // TTOU
+	ReasonShutdown    = "shutdown"     // graceful shutdown
+	ReasonKilled      = "killed"       // killed by the master (ShutdownTimeout, INT)
+	ReasonRestart     = "restart"      // replaced by a rolling restart (HUP)
+	ReasonRecycle     = "recycle"      // replaced after MaxRequests, MaxMemory or MaxUptime
+	ReasonUpgrade     = "upgrade"      // drained after a new master took over (USR2)
+	ReasonTimeout     = "timeout"      // killed: did not answer the heartbeat within Timeout
+	ReasonBootTimeout = "boot-timeout" // killed: not ready within BootTimeout
 )
 
 // Event is one thing the master did or saw.
@@ -276,6 +315,9 @@ const (
 	defaultIdleTimeout       = 30 * time.Second
 	defaultReadHeaderTimeout = 10 * time.Second
 	defaultProbeTimeout      = time.Second
+	defaultBootTimeout       = 60 * time.Second
+	defaultTimeout           = 30 * time.Second
+	defaultConcurrencyRatio  = 0.33
 	defaultMonitorPath       = "/ecv"
 	monitorOff               = "off"
 )
@@ -321,6 +363,18 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 	if o.WorkerGOMAXPROCS < 0 {
 		return nil, fmt.Errorf("flock: WorkerGOMAXPROCS %d: must not be negative", o.WorkerGOMAXPROCS)
 	}
+	if o.MaxRequests < 0 {
+		return nil, fmt.Errorf("flock: MaxRequests %d: must not be negative (0 means never)", o.MaxRequests)
+	}
+	if o.MaxMemory < 0 {
+		return nil, fmt.Errorf("flock: MaxMemory %d: must not be negative (0 means never)", o.MaxMemory)
+	}
+	if r := o.RestartConcurrencyRatio; r < 0 || r > 1 || r != r {
+		return nil, fmt.Errorf("flock: RestartConcurrencyRatio %v: must be from 0 to 1 (0 means 0.33)", r)
+	}
+	if c.RestartConcurrencyRatio == 0 {
+		c.RestartConcurrencyRatio = defaultConcurrencyRatio
+	}
 	if o.RestartsPerMinute < 0 {
 		return nil, fmt.Errorf("flock: RestartsPerMinute %d: must not be negative", o.RestartsPerMinute)
 	}
@@ -338,6 +392,10 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 		{"IdleTimeout", &c.IdleTimeout, defaultIdleTimeout},
 		{"ReadHeaderTimeout", &c.ReadHeaderTimeout, defaultReadHeaderTimeout},
 		{"MonitorProbeTimeout", &c.MonitorProbeTimeout, defaultProbeTimeout},
+		{"BootTimeout", &c.BootTimeout, defaultBootTimeout},
+		{"Timeout", &c.Timeout, defaultTimeout},
+		{"MaxUptime", &c.MaxUptime, 0},
+		{"UpgradeTimeout", &c.UpgradeTimeout, 0}, // default below: 2 × BootTimeout
 	} {
 		if *d.v < 0 {
 			return nil, fmt.Errorf("flock: %s %v: must not be negative", d.name, *d.v)
@@ -345,6 +403,9 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
+	}
+	if c.UpgradeTimeout == 0 {
+		c.UpgradeTimeout = 2 * c.BootTimeout
 	}
 	if err := c.resolveMonitor(); err != nil {
 		return nil, err

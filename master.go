@@ -2,10 +2,12 @@ package flock
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -22,8 +24,8 @@ import (
 )
 
 // master supervises the workers. Everything in it is owned by the goroutine
-// running loop; other goroutines (child reapers, control-pipe readers,
-// timers) only send it messages.
+// running loop; other goroutines (child reapers, control-socket readers,
+// timers, the monitor) only send it messages.
 type master struct {
 	c     *config
 	log   *slog.Logger
@@ -32,11 +34,20 @@ type master struct {
 	slots []*slot // in creation order
 	seq   int     // fork counter: orders workers by age
 	next  int     // next slot id
+	exe   string  // what workers are started from (see HUP)
 
-	state    masterState
-	err      error // what Serve returns once every worker is gone
-	started  time.Time
-	disabled bool // taken out of rotation through the monitor
+	workers   map[*worker]struct{} // every live worker process
+	state     masterState
+	err       error // what Serve returns once every worker is gone
+	started   time.Time
+	disabled  bool // taken out of rotation through the monitor
+	roll      *roll
+	pending   []*roll // rolls waiting for the current one
+	upgrade   *upgrade
+	heir      *os.File // upgrade pipe to the old master, until handover
+	announced bool     // READY=1 sent to systemd
+	mon       *monitor
+	memCheck  *time.Timer
 
 	exits chan exitMsg
 	msgs  chan workerMsg
@@ -58,7 +69,10 @@ const (
 type slot struct {
 	id       int
 	sock     *os.File
-	w        *worker     // nil while no worker runs
+	w        *worker     // the worker serving the slot; nil while none runs
+	next     *worker     // its replacement, while that boots
+	onReady  func(bool)  // called when next is ready (true) or failed (false)
+	reason   string      // why w is being replaced
 	failures []time.Time // crash times within the last minute
 	restart  *time.Timer // pending re-fork
 	gaveUp   bool
@@ -66,16 +80,22 @@ type slot struct {
 }
 
 type worker struct {
-	pid        int
-	seq        int
-	slot       *slot
-	cmd        *exec.Cmd
-	ctrl       *os.File // master's end of the control socket pair
-	started    time.Time
-	ready      bool
-	stopReason string // set when the master asks it to go
-	kill       *time.Timer
-	requests   int64 // served, as last reported by the worker
+	pid         int
+	seq         int
+	slot        *slot
+	cmd         *exec.Cmd
+	ctrl        *os.File // master's end of the control socket pair
+	started     time.Time
+	ready       bool
+	stopReason  string      // set when the master asks it to go
+	timer       *time.Timer // boot timeout, then heartbeat deadline
+	kill        *time.Timer // after stopWorker: ShutdownTimeout
+	uptime      *time.Timer // MaxUptime
+	lastSeen    time.Time   // last message from the worker
+	pinged      time.Time   // when the master last asked for a sign of life
+	requests    int64       // served, as last reported by the worker
+	maxRequests int64       // MaxRequests plus this worker's jitter
+	recycling   bool
 }
 
 type exitMsg struct {
@@ -97,6 +117,8 @@ func runMaster(c *config) error {
 	m := &master{
 		c:       c,
 		log:     c.Logger,
+		exe:     "/proc/self/exe",
+		workers: map[*worker]struct{}{},
 		started: time.Now(),
 		exits:   make(chan exitMsg),
 		msgs:    make(chan workerMsg),
@@ -104,28 +126,44 @@ func runMaster(c *config) error {
 		done:    make(chan struct{}),
 	}
 	defer close(m.done)
-	if err := m.bindAll(); err != nil {
+	inh, err := inheritance()
+	if err != nil {
+		return err
+	}
+	if inh != nil {
+		err = m.adopt(inh)
+	} else {
+		err = m.bindAll()
+	}
+	if err != nil {
 		return err
 	}
 	defer m.closeSockets()
 	m.publish()
-	mon, err := startMonitor(m)
-	if err != nil {
+	if m.mon, err = startMonitor(m, inh); err != nil {
 		return err
 	}
-	defer mon.close()
-	if c.PIDFile != "" {
+	defer m.mon.close()
+	if c.PIDFile != "" && inh == nil {
 		if err := writePIDFile(c.PIDFile, os.Getpid()); err != nil {
 			return fmt.Errorf("flock: PIDFile %q: %v", c.PIDFile, err)
 		}
+	}
+	if c.PIDFile != "" {
 		defer removePIDFile(c.PIDFile, os.Getpid())
 	}
 	sigs, stop := notifyMaster()
 	defer stop()
 
-	m.emit(Event{Kind: EventListening, Addr: net.JoinHostPort(m.c.host, strconv.Itoa(m.port)), Monitor: mon.addr()})
+	m.emit(Event{Kind: EventListening, Addr: net.JoinHostPort(m.c.host, strconv.Itoa(m.port)), Monitor: m.mon.addr()})
+	if migrate, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req"); strings.TrimSpace(string(migrate)) == "0" {
+		m.log.Info("flock: hint: net.ipv4.tcp_migrate_req is 0, so TTOU resets the connections still queued on the removed worker's socket; sysctl -w net.ipv4.tcp_migrate_req=1 hands them to the other workers")
+	}
 	for _, s := range m.slots {
 		m.fork(s)
+	}
+	if c.MaxMemory > 0 {
+		m.checkMemory()
 	}
 	err = m.loop(sigs)
 	m.emit(Event{Kind: EventStopped})
@@ -144,12 +182,13 @@ func (m *master) loop(sigs <-chan os.Signal) error {
 		case fn := <-m.inbox:
 			fn()
 		}
-		m.publish()
-		if m.state == running && m.liveWorkers() == 0 && !m.anyRestartPending() {
+		if m.state == running && len(m.workers) == 0 && !m.anyRestartPending() {
 			m.err = m.gaveUpError()
 			m.state = stopping
+			m.abortRolls(m.err)
 		}
-		if m.state == stopping && m.liveWorkers() == 0 {
+		m.publish()
+		if m.state == stopping && len(m.workers) == 0 {
 			return m.err
 		}
 	}
@@ -183,7 +222,7 @@ func (m *master) call(fn func()) bool {
 type snapshot struct {
 	state    masterState
 	disabled bool
-	ready    int
+	ready    int // slots whose worker is ready
 	workers  []WorkerStatus
 }
 
@@ -199,21 +238,20 @@ type WorkerStatus struct {
 
 func (m *master) publish() {
 	s := &snapshot{state: m.state, disabled: m.disabled}
-	for _, sl := range m.slots {
-		w := sl.w
-		if w == nil {
-			continue
-		}
+	for w := range m.workers {
 		st := "starting"
 		switch {
 		case w.stopReason != "":
 			st = "stopping"
 		case w.ready:
 			st = "ready"
+		}
+		if w.ready && w.slot.w == w && w.stopReason == "" {
 			s.ready++
 		}
-		s.workers = append(s.workers, WorkerStatus{PID: w.pid, Slot: sl.id, State: st, Started: w.started, Requests: w.requests})
+		s.workers = append(s.workers, WorkerStatus{PID: w.pid, Slot: w.slot.id, State: st, Started: w.started, Requests: w.requests})
 	}
+	slices.SortFunc(s.workers, func(a, b WorkerStatus) int { return cmp.Or(a.Slot-b.Slot, a.Started.Compare(b.Started)) })
 	m.snap.Store(s)
 }
 
@@ -232,29 +270,28 @@ func (m *master) setDisabled(v bool) {
 
 func (m *master) onSignal(sig os.Signal) {
 	m.emit(Event{Kind: EventSignal, Signal: sig})
-	switch masterSignals[sig] {
-	case actAddWorker:
-		if m.state != running {
-			m.log.Info("flock: TTIN ignored while shutting down")
-			return
+	act := masterSignals[sig]
+	if m.state != running && act != actImmediate {
+		if act == actGraceful {
+			m.log.Info("flock: already shutting down; send INT to stop at once", "signal", signalName(sig))
+		} else {
+			m.log.Info("flock: signal ignored while shutting down", "signal", signalName(sig))
 		}
+		return
+	}
+	switch act {
+	case actAddWorker:
 		m.addSlot()
 	case actRemoveWorker:
-		if m.state != running {
-			m.log.Info("flock: TTOU ignored while shutting down")
-			return
-		}
 		m.removeSlot()
 	case actGraceful:
-		if m.state != running {
-			m.log.Info("flock: already shutting down; send INT to stop at once", "signal", signalName(sig))
-			return
-		}
-		m.shutdown(sig)
+		m.shutdown(signalName(sig))
 	case actImmediate:
 		m.killAll()
-	case actRoll, actUpgrade:
-		m.log.Warn("flock: signal not supported in this version; ignored", "signal", signalName(sig))
+	case actRoll:
+		m.rollAll(ReasonRestart, "", nil)
+	case actUpgrade:
+		m.startUpgrade()
 	}
 }
 
@@ -276,15 +313,23 @@ func (m *master) bindAll() error {
 }
 
 func (m *master) newSlot() (*slot, error) {
+	f, err := m.bind()
+	if err != nil {
+		return nil, err
+	}
+	s := &slot{id: m.next, sock: f}
+	m.next++
+	m.slots = append(m.slots, s)
+	return s, nil
+}
+
+func (m *master) bind() (*os.File, error) {
 	f, port, err := bindSocket(m.ip, m.port)
 	if err != nil {
 		return nil, fmt.Errorf("flock: listen %s: %w", net.JoinHostPort(m.c.host, strconv.Itoa(m.port)), err)
 	}
 	m.port = port
-	s := &slot{id: m.next, sock: f}
-	m.next++
-	m.slots = append(m.slots, s)
-	return s, nil
+	return f, nil
 }
 
 func (m *master) closeSockets() {
@@ -322,25 +367,29 @@ func (m *master) removeSlot() {
 		if s.removing {
 			continue
 		}
-		if s.w == nil {
+		if s.w == nil && s.next == nil {
 			victim = s
 			break
 		}
-		if victim == nil || s.w.seq < victim.w.seq {
+		if victim == nil || victim.w == nil || (s.w != nil && s.w.seq < victim.w.seq) {
 			victim = s
 		}
 	}
 	victim.removing = true
-	if victim.w == nil {
-		m.dropSlot(victim)
-	} else {
-		// The worker's copy keeps the socket open until it has stopped
-		// accepting; then the last close resets (or, with
-		// net.ipv4.tcp_migrate_req=1, migrates) what is still queued.
-		victim.closeSocket()
-		m.stopWorker(victim.w, ReasonScaleDown)
-	}
 	m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
+	if victim.w == nil && victim.next == nil {
+		m.dropSlot(victim)
+		return
+	}
+	// The worker's copy keeps the socket open until it has stopped
+	// accepting; then the last close resets (or, with
+	// net.ipv4.tcp_migrate_req=1, migrates) what is still queued.
+	victim.closeSocket()
+	for _, w := range []*worker{victim.w, victim.next} {
+		if w != nil {
+			m.stopWorker(w, ReasonScaleDown)
+		}
+	}
 }
 
 func (m *master) dropSlot(s *slot) {
@@ -351,9 +400,12 @@ func (m *master) dropSlot(s *slot) {
 	m.slots = slices.DeleteFunc(m.slots, func(x *slot) bool { return x == s })
 }
 
-func (m *master) shutdown(sig os.Signal) {
+func (m *master) shutdown(reason string) {
 	m.state = draining
-	m.emit(Event{Kind: EventShutdown, Reason: signalName(sig)})
+	m.emit(Event{Kind: EventShutdown, Reason: reason})
+	sdNotify("STOPPING=1")
+	m.abortRolls(errors.New("shutting down"))
+	m.cancelUpgrade("shutting down")
 	for _, s := range m.slots {
 		if s.restart != nil {
 			s.restart.Stop()
@@ -363,16 +415,19 @@ func (m *master) shutdown(sig os.Signal) {
 		if m.state != draining {
 			return // INT came first
 		}
-		m.state = stopping
-		// Close the master's copies now: once each worker has closed its
-		// own, new connections are refused instead of queueing unserved.
-		m.closeSockets()
-		for _, s := range m.slots {
-			if s.w != nil {
-				m.stopWorker(s.w, ReasonShutdown)
-			}
-		}
+		m.stopAll(ReasonShutdown)
 	})
+}
+
+// stopAll closes the master's copies of the sockets, so that once each
+// worker has closed its own new connections are refused instead of queueing
+// unserved, and tells every worker to drain.
+func (m *master) stopAll(reason string) {
+	m.state = stopping
+	m.closeSockets()
+	for w := range m.workers {
+		m.stopWorker(w, reason)
+	}
 }
 
 func (m *master) killAll() {
@@ -384,15 +439,17 @@ func (m *master) killAll() {
 	}
 	m.state, m.err = stopping, ErrInterrupted
 	m.emit(Event{Kind: EventShutdown, Reason: signalName(syscall.SIGINT)})
+	m.abortRolls(ErrInterrupted)
+	m.cancelUpgrade("interrupted")
 	m.closeSockets()
 	for _, s := range m.slots {
 		if s.restart != nil {
 			s.restart.Stop()
 		}
-		if s.w != nil {
-			s.w.stopReason = ReasonKilled
-			s.w.cmd.Process.Kill()
-		}
+	}
+	for w := range m.workers {
+		w.stopReason = ReasonKilled
+		w.cmd.Process.Kill()
 	}
 }
 
@@ -403,11 +460,10 @@ func (m *master) stopWorker(w *worker, reason string) {
 		return
 	}
 	w.stopReason = reason
-	if _, err := w.ctrl.Write([]byte("stop\n")); err != nil {
-		m.log.Debug("flock: cannot tell worker to stop; it is probably exiting", "pid", w.pid, "err", err)
-	}
+	stopTimer(w.timer, w.uptime)
+	m.send(w, "stop")
 	w.kill = m.after(m.c.ShutdownTimeout, func() {
-		if w.slot.w == w {
+		if _, alive := m.workers[w]; alive {
 			m.log.Warn("flock: worker still running after ShutdownTimeout; killing it", "pid", w.pid, "slot", w.slot.id, "timeout", m.c.ShutdownTimeout)
 			w.stopReason = ReasonKilled
 			w.cmd.Process.Kill()
@@ -415,11 +471,25 @@ func (m *master) stopWorker(w *worker, reason string) {
 	})
 }
 
-// fork starts a worker in slot s. A failure to start counts as a crash.
+func (m *master) send(w *worker, line string) {
+	if _, err := w.ctrl.Write([]byte(line + "\n")); err != nil {
+		m.log.Debug("flock: cannot write to worker; it is probably exiting", "pid", w.pid, "err", err)
+	}
+}
+
+func stopTimer(ts ...*time.Timer) {
+	for _, t := range ts {
+		if t != nil {
+			t.Stop()
+		}
+	}
+}
+
+// fork starts the worker of slot s. A failure to start counts as a crash.
 func (m *master) fork(s *slot) {
-	w, err := m.startWorker(s)
+	w, err := m.startWorker(s, m.exe)
 	if err != nil {
-		m.log.Error("flock: cannot start worker", "slot", s.id, "err", err)
+		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", m.exe, "err", err)
 		m.crashed(s, nil)
 		return
 	}
@@ -427,15 +497,40 @@ func (m *master) fork(s *slot) {
 	m.emit(Event{Kind: EventForked, PID: w.pid, Slot: s.id})
 }
 
-func (m *master) startWorker(s *slot) (*worker, error) {
+// replace starts a replacement for slot s beside its current worker. Both
+// share the slot's socket, so nothing queued is lost. Once the replacement
+// is ready the old worker drains with reason, and onReady(true) is called;
+// if it fails to become ready the old one keeps serving, onReady(false).
+func (m *master) replace(s *slot, reason, exe string, onReady func(bool)) {
+	if s.sock == nil { // given up: it needs a socket again
+		f, err := m.bind()
+		if err != nil {
+			m.log.Error("flock: cannot revive slot", "slot", s.id, "err", err)
+			m.after(0, func() { onReady(false) })
+			return
+		}
+		s.sock, s.gaveUp, s.failures = f, false, nil
+	}
+	w, err := m.startWorker(s, exe)
+	if err != nil {
+		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", exe, "err", err)
+		m.after(0, func() { onReady(false) })
+		return
+	}
+	s.next, s.reason, s.onReady = w, reason, onReady
+	m.emit(Event{Kind: EventForked, PID: w.pid, Slot: s.id})
+}
+
+func (m *master) startWorker(s *slot, exe string) (*worker, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
+	unix.SetNonblock(fds[0], true) // read through the poller, not a blocked thread per worker
 	mine, theirs := os.NewFile(uintptr(fds[0]), "flock-control"), os.NewFile(uintptr(fds[1]), "flock-control")
 	defer theirs.Close()
 
-	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+	cmd := exec.Command(exe, os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
 	cmd.Env = m.workerEnv(s)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
@@ -449,7 +544,15 @@ func (m *master) startWorker(s *slot) (*worker, error) {
 		return nil, err
 	}
 	m.seq++
-	w := &worker{pid: cmd.Process.Pid, seq: m.seq, slot: s, cmd: cmd, ctrl: mine, started: time.Now()}
+	now := time.Now()
+	w := &worker{pid: cmd.Process.Pid, seq: m.seq, slot: s, cmd: cmd, ctrl: mine, started: now, lastSeen: now}
+	if n := int64(m.c.MaxRequests); n > 0 {
+		// Jitter (up to 10 %) keeps workers started together from
+		// recycling together.
+		w.maxRequests = n + rand.Int64N(n/10+1)
+	}
+	w.timer = m.after(m.c.BootTimeout, func() { m.bootTimedOut(w) })
+	m.workers[w] = struct{}{}
 	go func() {
 		sc := bufio.NewScanner(mine)
 		for sc.Scan() {
@@ -471,10 +574,7 @@ func (m *master) startWorker(s *slot) (*worker, error) {
 }
 
 func (m *master) workerEnv(s *slot) []string {
-	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, envWorker+"=") || strings.HasPrefix(kv, envMasterPID+"=")
-	})
-	env = append(env, envWorker+"="+strconv.Itoa(s.id), envMasterPID+"="+strconv.Itoa(os.Getpid()))
+	env := append(ownEnvRemoved(), envWorker+"="+strconv.Itoa(s.id), envMasterPID+"="+strconv.Itoa(os.Getpid()))
 	procs := m.c.WorkerGOMAXPROCS
 	if procs == 0 {
 		if _, set := os.LookupEnv("GOMAXPROCS"); set {
@@ -486,27 +586,114 @@ func (m *master) workerEnv(s *slot) []string {
 	return append(env, "GOMAXPROCS="+strconv.Itoa(procs))
 }
 
+// ownEnvRemoved is the environment without flock's own markers, which
+// say what a process is and must not be inherited by the wrong one.
+func ownEnvRemoved() []string {
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		name, _, _ := strings.Cut(kv, "=")
+		return name == envWorker || name == envMasterPID || name == envUpgrade
+	})
+}
+
 func (m *master) onMessage(msg workerMsg) {
 	w := msg.w
+	if _, alive := m.workers[w]; !alive {
+		return
+	}
+	w.lastSeen = time.Now()
 	verb, arg, _ := strings.Cut(msg.line, " ")
 	switch verb {
 	case "ready":
-		w.ready = true
-		m.emit(Event{Kind: EventReady, PID: w.pid, Slot: w.slot.id})
+		m.onReady(w)
 	case "requests":
 		w.requests, _ = strconv.ParseInt(arg, 10, 64)
+		if w.maxRequests > 0 && w.requests >= w.maxRequests {
+			m.recycle(w, fmt.Sprintf("served %d requests (MaxRequests %d with jitter)", w.requests, m.c.MaxRequests))
+		}
+	case "alive":
 	default:
 		m.log.Warn("flock: unknown message from worker", "pid", w.pid, "message", msg.line)
 	}
 }
 
+func (m *master) onReady(w *worker) {
+	if w.ready || w.stopReason != "" {
+		return
+	}
+	w.ready = true
+	stopTimer(w.timer)
+	w.timer = m.after(m.c.Timeout, func() { m.heartbeat(w) })
+	if m.c.MaxUptime > 0 {
+		d := m.c.MaxUptime + rand.N(m.c.MaxUptime/10+1)
+		w.uptime = m.after(d, func() { m.recycle(w, fmt.Sprintf("up for %v (MaxUptime %v with jitter)", d, m.c.MaxUptime)) })
+	}
+	s := w.slot
+	m.emit(Event{Kind: EventReady, PID: w.pid, Slot: s.id})
+	if s.next == w {
+		old, done := s.w, s.onReady
+		s.w, s.next, s.onReady = w, nil, nil
+		if old != nil {
+			m.stopWorker(old, s.reason)
+		}
+		done(true)
+	}
+	m.handoverIfReady()
+}
+
+// bootTimedOut kills a worker that did not become ready in BootTimeout; it
+// counts as a failed start.
+func (m *master) bootTimedOut(w *worker) {
+	if _, alive := m.workers[w]; !alive || w.ready || w.stopReason != "" {
+		return
+	}
+	m.log.Warn("flock: worker not ready within BootTimeout; killing it", "pid", w.pid, "slot", w.slot.id, "timeout", m.c.BootTimeout)
+	w.stopReason = ReasonBootTimeout
+	w.cmd.Process.Kill()
+}
+
+// heartbeat runs when a worker has been silent for Timeout. It asks the
+// worker for a sign of life first, and kills it only if that gets no answer
+// either: a master that was itself suspended (SIGSTOP, laptop sleep) finds
+// every worker silent when it resumes, though their messages are waiting.
+func (m *master) heartbeat(w *worker) {
+	if _, alive := m.workers[w]; !alive || w.stopReason != "" {
+		return
+	}
+	now := time.Now()
+	switch {
+	case now.Sub(w.lastSeen) < m.c.Timeout:
+		w.timer = m.after(m.c.Timeout-now.Sub(w.lastSeen), func() { m.heartbeat(w) })
+	case w.pinged.IsZero() || w.lastSeen.After(w.pinged):
+		w.pinged = now
+		m.send(w, "ping")
+		w.timer = m.after(min(m.c.Timeout, time.Second), func() { m.heartbeat(w) })
+	default:
+		m.log.Warn("flock: worker did not answer within Timeout; killing it", "pid", w.pid, "slot", w.slot.id, "timeout", m.c.Timeout)
+		w.stopReason = ReasonTimeout
+		w.cmd.Process.Kill()
+	}
+}
+
+// checkMemory recycles workers above MaxMemory; it runs every 2 s only
+// when MaxMemory is set.
+func (m *master) checkMemory() {
+	for w := range m.workers {
+		if w.ready && w.stopReason == "" {
+			if r := rss(w.pid); r > m.c.MaxMemory {
+				m.recycle(w, fmt.Sprintf("RSS %d bytes above MaxMemory %d", r, m.c.MaxMemory))
+			}
+		}
+	}
+	m.memCheck = m.after(memoryCheckInterval, m.checkMemory)
+}
+
+const memoryCheckInterval = 2 * time.Second
+
 func (m *master) onExit(e exitMsg) {
 	w, s := e.w, e.w.slot
+	delete(m.workers, w)
 	w.ctrl.Close()
-	if w.kill != nil {
-		w.kill.Stop()
-	}
-	s.w = nil
+	stopTimer(w.timer, w.kill, w.uptime)
 	reason := w.stopReason
 	if reason == "" {
 		reason = ReasonCrash
@@ -515,13 +702,31 @@ func (m *master) onExit(e exitMsg) {
 	if ws, ok := e.state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		ev.Signal = ws.Signal()
 	}
+	failed := reason == ReasonCrash || reason == ReasonTimeout || reason == ReasonBootTimeout
 	switch {
-	case s.removing:
-		m.dropSlot(s)
-		m.emit(ev)
-	case reason == ReasonCrash && m.state == running:
-		m.crashed(s, &ev)
-	default:
+	case s.next == w: // a replacement that never became ready
+		done := s.onReady
+		s.next, s.onReady = nil, nil
+		if s.w == nil && failed && m.state == running && !s.removing {
+			m.crashed(s, &ev)
+		} else {
+			m.emit(ev)
+		}
+		done(false)
+	case s.w == w:
+		s.w = nil
+		switch {
+		case s.next != nil: // its replacement will take the slot
+			m.emit(ev)
+		case s.removing:
+			m.dropSlot(s)
+			m.emit(ev)
+		case failed && m.state == running:
+			m.crashed(s, &ev)
+		default:
+			m.emit(ev)
+		}
+	default: // replaced, or its slot already removed
 		m.emit(ev)
 	}
 }
@@ -537,7 +742,7 @@ func (m *master) crashed(s *slot, exited *Event) {
 		d := restartDelay(m.c.RestartDelay, len(s.failures))
 		s.restart = m.after(d, func() {
 			s.restart = nil
-			if m.state == running && !s.removing && s.w == nil {
+			if m.state == running && !s.removing && s.w == nil && s.next == nil {
 				m.fork(s)
 			}
 		})
@@ -552,7 +757,7 @@ func (m *master) crashed(s *slot, exited *Event) {
 		// Nobody will accept on this socket again: close it so the kernel
 		// stops queueing connections on it.
 		s.closeSocket()
-		m.emit(Event{Kind: EventGaveUp, Slot: s.id, Reason: fmt.Sprintf("more than %d crashes within a minute (RestartsPerMinute)", m.c.RestartsPerMinute)})
+		m.emit(Event{Kind: EventGaveUp, Slot: s.id, Reason: fmt.Sprintf("more than %d crashes within a minute (RestartsPerMinute); HUP tries again", m.c.RestartsPerMinute)})
 	}
 }
 
@@ -570,16 +775,6 @@ func restartDelay(base time.Duration, n int) time.Duration {
 		d *= 2
 	}
 	return min(d, maxRestartDelay)
-}
-
-func (m *master) liveWorkers() int {
-	n := 0
-	for _, s := range m.slots {
-		if s.w != nil {
-			n++
-		}
-	}
-	return n
 }
 
 func (m *master) anyRestartPending() bool {
@@ -615,7 +810,7 @@ func (m *master) emit(e Event) {
 		attrs = append(attrs, "signal", signalName(e.Signal))
 	case EventScaled:
 		attrs = append(attrs, "workers", e.Workers)
-	case EventShutdown, EventMonitor:
+	case EventShutdown, EventMonitor, EventRoll, EventUpgrade:
 		attrs = append(attrs, "reason", e.Reason)
 	case EventGaveUp:
 		level = slog.LevelError
@@ -679,14 +874,19 @@ func bindSocket(ip net.IP, port int) (*os.File, int, error) {
 			unix.Close(fd)
 			return nil, 0, err
 		}
-		switch a := got.(type) {
-		case *unix.SockaddrInet4:
-			port = a.Port
-		case *unix.SockaddrInet6:
-			port = a.Port
-		}
+		_, port = sockAddr(got)
 	}
 	return os.NewFile(uintptr(fd), "flock-slot"), port, nil
+}
+
+func sockAddr(sa unix.Sockaddr) (net.IP, int) {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.IP(a.Addr[:]), a.Port
+	case *unix.SockaddrInet6:
+		return net.IP(a.Addr[:]), a.Port
+	}
+	return nil, 0
 }
 
 // writePIDFile writes pid atomically: a reader sees the old file or the new

@@ -36,11 +36,15 @@ func runWorker(h http.Handler, c *config) error {
 	signal.Notify(stopSig, workerStop...)
 	masterPID, _ := strconv.Atoi(os.Getenv(envMasterPID))
 
+	unix.SetNonblock(fdControl, true)
 	ctrl := os.NewFile(fdControl, "flock-control")
 	sock := os.NewFile(fdListener, "flock-listener")
 	if ctrl == nil || sock == nil {
 		return fmt.Errorf("flock: %s is set but fds %d and %d were not inherited", envWorker, fdListener, fdControl)
 	}
+	// Processes the application starts must not hold the control socket:
+	// the master would not see this worker's end close.
+	unix.CloseOnExec(fdControl)
 	fail := func(what string, err error) {
 		log.Error("flock: worker cannot start", "step", what, "err", err)
 		os.Exit(exitBootFailure)
@@ -116,6 +120,8 @@ func runWorker(h http.Handler, c *config) error {
 				budget, stop = orphanGrace, true
 			case line == "stop":
 				stop = true
+			case line == "ping":
+				fmt.Fprintln(ctrl, "alive")
 			}
 		case sig := <-stopSig:
 			if os.Getppid() != masterPID { // Pdeathsig: the master died

@@ -1,0 +1,295 @@
+package flock
+
+import (
+	"bufio"
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A USR2 upgrade replaces the master itself, nginx-style. The old master
+// starts the binary now on disk as a new master and hands it every slot
+// socket and the monitor's listener. The new master starts its own workers
+// on those same sockets (so old and new workers accept side by side and
+// nothing queued is lost), and only when all of them are ready does it say
+// so on a pipe. Then it takes over the monitor and the PID file, and the old
+// master drains its workers and returns. If the new master exits first, or
+// is not ready within UpgradeTimeout, the old one kills it and goes on
+// serving: a broken binary costs nothing.
+
+const envUpgrade = "FLOCK_UPGRADE"
+
+// upgradeSpec tells the new master what it inherits; the files follow in
+// this order from fd 3: the pipe to the old master, the monitor's listener
+// (when Monitor), then one socket per slot.
+type upgradeSpec struct {
+	Slots    int  `json:"slots"`
+	Monitor  bool `json:"monitor"`
+	Disabled bool `json:"disabled"`
+}
+
+// upgrade is an upgrade under way, seen from the old master.
+type upgrade struct {
+	cmd    *exec.Cmd
+	began  time.Time
+	timer  *time.Timer
+	exited bool
+	handed bool
+	onDone func(error) // may be nil
+}
+
+// inherited is what a new master received from the old one.
+type inherited struct {
+	upgradeSpec
+	pipe    *os.File
+	monitor *os.File
+	slots   []*os.File
+}
+
+func (m *master) startUpgrade() {
+	m.upgradeTo("", nil)
+}
+
+// upgradeTo starts the binary at exe ("" means os.Executable()) as a new
+// master. done, when set, hears how it ended.
+func (m *master) upgradeTo(exe string, done func(error)) {
+	fail := func(err error) {
+		m.log.Error("flock: upgrade failed; this master keeps serving", "err", err)
+		m.emit(Event{Kind: EventUpgrade, Reason: "failed: " + err.Error()})
+		if done != nil {
+			done(err)
+		}
+	}
+	if m.upgrade != nil {
+		fail(fmt.Errorf("an upgrade is already under way (new master %d)", m.upgrade.cmd.Process.Pid))
+		return
+	}
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			fail(err)
+			return
+		}
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer w.Close()
+	spec := upgradeSpec{Slots: len(m.slots), Disabled: m.disabled}
+	files := []*os.File{w}
+	if f := m.mon.file(); f != nil {
+		spec.Monitor = true
+		files = append(files, f)
+	}
+	for _, s := range m.slots {
+		if s.sock == nil { // given up: the new master gets a fresh socket
+			f, err := m.bind()
+			if err != nil {
+				r.Close()
+				fail(err)
+				return
+			}
+			s.sock = f
+		}
+		files = append(files, s.sock)
+	}
+	js, _ := json.Marshal(spec)
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
+	cmd.Env = append(ownEnvRemoved(), envUpgrade+"="+string(js))
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = files
+	// No Pdeathsig: the new master must outlive this one.
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		fail(fmt.Errorf("start %s: %w", exe, err))
+		return
+	}
+	u := &upgrade{cmd: cmd, began: time.Now(), onDone: done}
+	m.upgrade = u
+	sdNotify("RELOADING=1")
+	m.emit(Event{Kind: EventUpgrade, Reason: "began", PID: cmd.Process.Pid})
+	u.timer = m.after(m.c.UpgradeTimeout, func() {
+		if m.upgrade == u && !u.handed {
+			m.rollback(u, fmt.Errorf("new master %d not ready within UpgradeTimeout %v; killed it", cmd.Process.Pid, m.c.UpgradeTimeout))
+		}
+	})
+	go func() {
+		defer r.Close()
+		line, _ := bufio.NewReader(r).ReadString('\n')
+		if strings.TrimSpace(line) == "ready" {
+			select {
+			case m.inbox <- func() { m.handedOver(u) }:
+			case <-m.done:
+			}
+		}
+	}()
+	go func() {
+		cmd.Wait()
+		select {
+		case m.inbox <- func() {
+			u.exited = true
+			if m.upgrade == u && !u.handed {
+				m.rollback(u, fmt.Errorf("new master exited before it was ready: %v", cmd.ProcessState))
+			}
+		}:
+		case <-m.done:
+		}
+	}()
+}
+
+// handedOver: the new master's workers are all ready and it serves the
+// monitor; this master drains and exits.
+func (m *master) handedOver(u *upgrade) {
+	if m.upgrade != u || u.exited {
+		return
+	}
+	u.handed = true
+	u.timer.Stop()
+	m.log.Info("flock: new master took over; draining this one", "new_master", u.cmd.Process.Pid, "took", time.Since(u.began).Round(time.Millisecond))
+	m.emit(Event{Kind: EventUpgrade, Reason: "handed over", PID: u.cmd.Process.Pid})
+	m.mon.close()
+	m.abortRolls(fmt.Errorf("upgraded to new master %d", u.cmd.Process.Pid))
+	for _, s := range m.slots {
+		if s.restart != nil {
+			s.restart.Stop()
+		}
+	}
+	m.stopAll(ReasonUpgrade)
+	if u.onDone != nil {
+		u.onDone(nil)
+	}
+}
+
+func (m *master) rollback(u *upgrade, err error) {
+	m.upgrade = nil
+	u.timer.Stop()
+	if !u.exited {
+		u.cmd.Process.Kill() // its workers follow: control-socket EOF and Pdeathsig
+	}
+	m.log.Error("flock: upgrade failed; this master keeps serving", "err", err)
+	m.emit(Event{Kind: EventUpgrade, Reason: "failed: " + err.Error(), PID: u.cmd.Process.Pid})
+	sdNotify("READY=1")
+	if u.onDone != nil {
+		u.onDone(err)
+	}
+}
+
+// cancelUpgrade kills a new master that has not taken over yet (shutdown).
+func (m *master) cancelUpgrade(why string) {
+	if u := m.upgrade; u != nil && !u.handed {
+		m.rollback(u, fmt.Errorf("cancelled: %s", why))
+	}
+}
+
+// inheritance reads what an old master handed down, if this process is a
+// new master started by USR2.
+func inheritance() (*inherited, error) {
+	js, ok := os.LookupEnv(envUpgrade)
+	if !ok {
+		return nil, nil
+	}
+	os.Unsetenv(envUpgrade) // not for our workers, nor a later upgrade
+	var inh inherited
+	if err := json.Unmarshal([]byte(js), &inh.upgradeSpec); err != nil {
+		return nil, fmt.Errorf("flock: %s=%q: %v", envUpgrade, js, err)
+	}
+	fd := 3
+	next := func(name string) *os.File {
+		unix.CloseOnExec(fd) // handed to our workers explicitly, not by accident
+		f := os.NewFile(uintptr(fd), name)
+		fd++
+		return f
+	}
+	inh.pipe = next("flock-upgrade")
+	if inh.Monitor {
+		inh.monitor = next("flock-monitor")
+	}
+	for range inh.Slots {
+		inh.slots = append(inh.slots, next("flock-slot"))
+	}
+	return &inh, nil
+}
+
+// adopt takes the inherited slot sockets instead of binding new ones.
+func (m *master) adopt(inh *inherited) error {
+	for _, f := range inh.slots {
+		var sa unix.Sockaddr
+		rc, err := f.SyscallConn()
+		if err == nil {
+			cerr := rc.Control(func(fd uintptr) { sa, err = unix.Getsockname(int(fd)) })
+			err = cmp.Or(cerr, err)
+		}
+		if err != nil {
+			return fmt.Errorf("flock: inherited socket: %v", err)
+		}
+		m.ip, m.port = sockAddr(sa)
+		m.slots = append(m.slots, &slot{id: m.next, sock: f})
+		m.next++
+	}
+	if m.ip.IsUnspecified() {
+		m.ip = nil
+	}
+	m.disabled = inh.Disabled
+	m.heir = inh.pipe
+	return nil
+}
+
+// handoverIfReady: a new master tells the old one it can go once every slot
+// has a ready worker. It takes over the monitor and the PID file first.
+// On a first start it tells systemd it is ready.
+func (m *master) handoverIfReady() {
+	for _, s := range m.slots {
+		if !s.removing && (s.w == nil || !s.w.ready) {
+			return
+		}
+	}
+	if m.heir == nil {
+		if !m.announced {
+			m.announced = true
+			sdNotify("READY=1")
+		}
+		return
+	}
+	m.mon.serve()
+	if m.c.PIDFile != "" {
+		if err := writePIDFile(m.c.PIDFile, os.Getpid()); err != nil {
+			m.log.Error("flock: cannot update PIDFile", "path", m.c.PIDFile, "err", err)
+		}
+	}
+	if _, err := m.heir.Write([]byte("ready\n")); err != nil {
+		m.log.Error("flock: cannot tell the old master we are ready", "err", err)
+	}
+	m.heir.Close()
+	m.heir = nil
+	m.announced = true
+	sdNotify("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1")
+	m.log.Info("flock: took over from the old master")
+}
+
+// sdNotify sends state to systemd when it supervises us with Type=notify
+// (NOTIFY_SOCKET set): one datagram, the whole protocol we need.
+func sdNotify(state string) {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return
+	}
+	if addr[0] == '@' {
+		addr = "\x00" + addr[1:] // abstract namespace
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	unix.Sendto(fd, []byte(state), 0, &unix.SockaddrUnix{Name: addr})
+}
