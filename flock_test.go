@@ -50,6 +50,13 @@ type appSpec struct {
 	ProbeTimeout time.Duration
 	AccessKey    string
 	ReadOnly     bool
+
+	InitDelay      time.Duration // every worker's Init sleeps this long
+	BootTimeout    time.Duration
+	Timeout        time.Duration
+	MaxRequests    int
+	MaxUptime      time.Duration
+	UpgradeTimeout time.Duration
 }
 
 func TestMain(m *testing.M) {
@@ -72,9 +79,16 @@ func runTestApp(js string) int {
 		TLSCertFile: s.TLSCert, TLSKeyFile: s.TLSKey, User: s.User, Logger: log,
 		MonitorAddr: s.Monitor, MonitorProbe: s.Probe, MonitorProbeTimeout: s.ProbeTimeout,
 		AccessKey: s.AccessKey, MonitorReadOnly: s.ReadOnly,
+		BootTimeout: s.BootTimeout, Timeout: s.Timeout, MaxRequests: s.MaxRequests,
+		MaxUptime: s.MaxUptime, UpgradeTimeout: s.UpgradeTimeout,
 	}
-	if s.FailBoot {
+	// FLOCK_TEST_BREAK makes a "broken binary" of the same executable (a
+	// wrapper script sets it): its workers fail at boot.
+	switch {
+	case s.FailBoot || os.Getenv("FLOCK_TEST_BREAK") != "":
 		o.Init = func() error { return errors.New("init refuses on purpose") }
+	case s.InitDelay > 0:
+		o.Init = func() error { time.Sleep(s.InitDelay); return nil }
 	}
 	pid := strconv.Itoa(os.Getpid())
 	mux := http.NewServeMux()
@@ -128,15 +142,10 @@ func (r rec) int(k string) int    { f, _ := r[k].(float64); return int(f) }
 // group when the test ends, whatever happened.
 func startApp(t *testing.T, s appSpec) *app {
 	t.Helper()
-	if s.Addr == "" {
-		s.Addr = "127.0.0.1:0"
-	}
 	if s.Workers == 0 {
 		s.Workers = 2
 	}
-	js, err := json.Marshal(s)
-	require.NoError(t, err)
-	return startAppCmd(t, exec.Command(os.Args[0]), string(js))
+	return startAppAt(t, os.Args[0], s)
 }
 
 func startAppCmd(t *testing.T, cmd *exec.Cmd, spec string) *app {
@@ -158,6 +167,8 @@ func startAppCmd(t *testing.T, cmd *exec.Cmd, spec string) *app {
 	go a.read(r)
 	go func() { cmd.Wait(); close(a.exited) }()
 	t.Cleanup(func() {
+		// The process group holds the master, its workers, and any new
+		// master a USR2 started with its own workers.
 		syscall.Kill(-a.pid, syscall.SIGKILL)
 		<-a.exited
 		if races := a.find(func(r rec) bool { return strings.Contains(r.str("msg"), "WARNING: DATA RACE") }); len(races) > 0 {
@@ -326,6 +337,54 @@ func procState(pid int) string {
 		return s[i+2 : i+3]
 	}
 	return ""
+}
+
+// startLoad runs load in the background until the returned function is
+// called (or a minute has passed), and returns what it counted.
+func startLoad(url string, clients int, keepAlive bool) func() *loadResult {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	done := make(chan *loadResult)
+	go func() { done <- load(ctx, url, clients, 1_000_000, keepAlive) }()
+	return func() *loadResult { cancel(); return <-done }
+}
+
+// copyTestBinary copies the test binary into a fresh directory everyone may
+// read, and returns its path: a test can then replace the file as a deploy
+// would.
+func copyTestBinary(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "flock-bin-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	bin := dir + "/app"
+	installBinary(t, bin, "")
+	return bin
+}
+
+// installBinary puts a new file at path, by rename as a deploy does: a
+// fresh copy of the test binary, or, when script is set, that shell script.
+func installBinary(t *testing.T, path, script string) {
+	t.Helper()
+	data := []byte(script)
+	if script == "" {
+		var err error
+		data, err = os.ReadFile(os.Args[0])
+		require.NoError(t, err)
+	}
+	require.NoError(t, os.WriteFile(path+".new", data, 0o755))
+	require.NoError(t, os.Rename(path+".new", path))
+}
+
+// startAppAt starts the test application from the binary at bin.
+func startAppAt(t *testing.T, bin string, s appSpec) *app {
+	t.Helper()
+	if s.Addr == "" {
+		s.Addr = "127.0.0.1:0"
+	}
+	js, err := json.Marshal(s)
+	require.NoError(t, err)
+	return startAppCmd(t, exec.Command(bin), string(js))
 }
 
 // loadResult counts what a load run saw.

@@ -800,9 +800,6 @@ func (m *master) emit(e Event) {
 	e.Time = time.Now()
 	level, msg := slog.LevelInfo, "flock: "+string(e.Kind)
 	attrs := []any{"event", string(e.Kind)}
-	if e.PID != 0 {
-		attrs = append(attrs, "pid", e.PID, "slot", e.Slot)
-	}
 	switch e.Kind {
 	case EventListening:
 		attrs = append(attrs, "addr", e.Addr, "monitor", e.Monitor, "workers", len(m.slots), "master", os.Getpid())
@@ -810,17 +807,23 @@ func (m *master) emit(e Event) {
 		attrs = append(attrs, "signal", signalName(e.Signal))
 	case EventScaled:
 		attrs = append(attrs, "workers", e.Workers)
-	case EventShutdown, EventMonitor, EventRoll, EventUpgrade:
+	case EventShutdown, EventMonitor:
 		attrs = append(attrs, "reason", e.Reason)
+	case EventRoll:
+		attrs = append(attrs, "reason", e.Reason, "workers", e.Workers)
+	case EventUpgrade:
+		attrs = append(attrs, "reason", e.Reason, "new_master", e.PID)
 	case EventGaveUp:
 		level = slog.LevelError
 		attrs = append(attrs, "slot", e.Slot, "reason", e.Reason)
+	case EventForked, EventReady:
+		attrs = append(attrs, "pid", e.PID, "slot", e.Slot)
 	case EventExited:
-		attrs = append(attrs, "reason", e.Reason, "status", e.Status)
+		attrs = append(attrs, "pid", e.PID, "slot", e.Slot, "reason", e.Reason, "status", e.Status)
 		if e.Signal != nil {
 			attrs = append(attrs, "signal", signalName(e.Signal))
 		}
-		if e.Reason == ReasonCrash {
+		if e.Delay > 0 {
 			level = slog.LevelWarn
 			attrs = append(attrs, "restart_in", e.Delay.String())
 		}

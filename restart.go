@@ -46,8 +46,13 @@ func (m *master) rollAll(reason, exe string, done func(int, error)) {
 			slots = append(slots, s)
 		}
 	}
-	width := 1 + int(math.Floor(float64(len(slots))*m.c.RestartConcurrencyRatio))
-	m.startRoll(&roll{reason: reason, exe: exe, queue: slots, width: width, done: done})
+	m.startRoll(&roll{reason: reason, exe: exe, queue: slots, width: rollWidth(len(slots), m.c.RestartConcurrencyRatio), done: done})
+}
+
+// rollWidth is how many of n workers a roll replaces at once:
+// 1 + floor(n × ratio), as node-cluster-service's restartConcurrencyRatio.
+func rollWidth(n int, ratio float64) int {
+	return 1 + int(math.Floor(float64(n)*ratio))
 }
 
 // recycle replaces w alone, when no other replacement of it is under way.

@@ -69,17 +69,8 @@ func TestWorkersRunAsUser(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: only root can start workers as another user")
 	}
-	// The test binary must be executable by that user: copy it somewhere
-	// everyone can read.
-	dir, err := os.MkdirTemp("", "flock-user-")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	require.NoError(t, os.Chmod(dir, 0o755))
-	bin := filepath.Join(dir, "flock.test")
-	src, err := os.ReadFile(os.Args[0])
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(bin, src, 0o755))
-
+	// The test binary must be executable by that user.
+	bin := copyTestBinary(t)
 	a := startAppCmd(t, exec.Command(bin), `{"Addr":"127.0.0.1:0","Workers":1,"User":"nobody"}`)
 	pid := a.started(1)[0]
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

@@ -4,6 +4,7 @@
 //	go run ./example -workers 2
 //	kill -TTIN <master pid>   # one more worker
 //	curl -i localhost:5000/sleep?d=5s & kill -TERM <master pid>   # graceful
+//	curl localhost:5001/ecv                  # what a load balancer sees
 //
 // Exit status: 0 after a graceful shutdown, 130 after SIGINT, 1 when it
 // could not start (bad flag, busy port) or every worker kept crashing.
@@ -36,6 +37,13 @@ func main() {
 	flag.StringVar(&o.PIDFile, "pidfile", "", "write the master's pid here")
 	flag.StringVar(&o.TLSCertFile, "tls-cert", "", "serve HTTPS with this certificate file")
 	flag.StringVar(&o.TLSKeyFile, "tls-key", "", "and this key file")
+	flag.DurationVar(&o.BootTimeout, "boot-timeout", 0, "a worker not ready within this is killed (default 60s)")
+	flag.DurationVar(&o.Timeout, "timeout", 0, "heartbeat: a worker silent this long is killed and replaced (default 30s)")
+	flag.IntVar(&o.MaxRequests, "max-requests", 0, "recycle a worker after this many requests, plus up to 10% jitter (0: never)")
+	flag.Int64Var(&o.MaxMemory, "max-memory", 0, "recycle a worker above this RSS in bytes (0: never)")
+	flag.DurationVar(&o.MaxUptime, "max-uptime", 0, "recycle a worker after this long (0: never)")
+	flag.Float64Var(&o.RestartConcurrencyRatio, "restart-concurrency-ratio", 0, "HUP replaces 1 + floor(workers × ratio) at once (default 0.33)")
+	flag.DurationVar(&o.UpgradeTimeout, "upgrade-timeout", 0, "USR2: a new master not ready within this is killed (default 2 × boot timeout)")
 	flag.StringVar(&o.MonitorAddr, "monitor", "", `ECV monitor address (default: app port + 1; "off" turns it off)`)
 	flag.StringVar(&o.MonitorPath, "monitor-path", "", "ECV path (default /ecv)")
 	flag.StringVar(&o.MonitorProbe, "monitor-probe", "", "path on the app port (or URL) the ECV checks before answering AVAILABLE")

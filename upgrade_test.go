@@ -1,0 +1,126 @@
+package flock
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// USR2 under load: a new master from the binary on disk takes over the
+// sockets, the monitor and the PID file; the old one drains and exits 0;
+// no request fails.
+func TestUSR2UpgradeUnderLoad(t *testing.T) {
+	for _, mode := range loadModes {
+		t.Run(mode.name, func(t *testing.T) {
+			bin := copyTestBinary(t)
+			pidFile := filepath.Join(t.TempDir(), "app.pid")
+			a := startAppAt(t, bin, appSpec{Workers: 2, PIDFile: pidFile, InitDelay: 200 * time.Millisecond})
+			old := a.started(2)
+			installBinary(t, bin, "")
+			code, _, _ := a.mon("POST", "/ecv/disable") // the new master keeps this state
+			require.Equal(t, 204, code)
+
+			stop := startLoad(a.url("/"), 8, mode.keepAlive)
+			time.Sleep(200 * time.Millisecond)
+			a.signal(syscall.SIGUSR2)
+			assert.Equal(t, 0, a.exitCode(20*time.Second), "the old master exits 0 once it has drained")
+			res := stop()
+			t.Log(res)
+			assert.Zero(t, res.failed.Load(), res.String())
+
+			up := a.waitFor("the handover", time.Second, func(r rec) bool { return r.str("event") == "upgrade" && r.str("reason") == "handed over" })
+			heir := up.int("new_master")
+			assert.True(t, alive(heir))
+			b, err := os.ReadFile(pidFile)
+			require.NoError(t, err)
+			assert.Equal(t, strconv.Itoa(heir)+"\n", string(b), "the PID file names the new master")
+
+			pid, err := get(a.url("/"))
+			require.NoError(t, err)
+			assert.NotContains(t, old, pid, "new workers serve")
+			code, state := a.ecvState()
+			assert.Equal(t, 400, code)
+			assert.Equal(t, "DISABLED", state, "the new master kept the disabled state")
+
+			// The new master is a full master: TERM stops it.
+			require.NoError(t, syscall.Kill(heir, syscall.SIGTERM))
+			require.True(t, poll(10*time.Second, func() bool { return !alive(heir) }))
+			_, err = os.Stat(pidFile)
+			assert.True(t, os.IsNotExist(err), "the new master removes its PID file")
+		})
+	}
+}
+
+// A new binary that cannot serve (its workers fail at boot) is killed after
+// UpgradeTimeout or when it gives up, and the old master keeps serving.
+func TestUSR2BrokenBinaryRollsBack(t *testing.T) {
+	for _, tc := range []struct{ name, script string }{
+		{"exits at once", "#!/bin/sh\nexit 1\n"},
+		{"workers never ready", "#!/bin/sh\nFLOCK_TEST_BREAK=1 exec REAL \"$@\"\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bin := copyTestBinary(t)
+			real := bin + ".real"
+			require.NoError(t, os.Link(bin, real))
+			a := startAppAt(t, bin, appSpec{Workers: 2, UpgradeTimeout: 2 * time.Second})
+			old := a.started(2)
+			installBinary(t, bin, strings.ReplaceAll(tc.script, "REAL", real))
+			stop := startLoad(a.url("/"), 4, false)
+			a.signal(syscall.SIGUSR2)
+			e := a.waitFor("the rollback", 20*time.Second, func(r rec) bool {
+				return r.str("event") == "upgrade" && strings.HasPrefix(r.str("reason"), "failed")
+			})
+			time.Sleep(200 * time.Millisecond)
+			res := stop()
+			t.Log(e.str("reason"), "; ", res)
+			assert.Zero(t, res.failed.Load(), res.String())
+			for _, pid := range old {
+				assert.True(t, alive(pid))
+			}
+			code, state := a.ecvState()
+			assert.Equal(t, 200, code)
+			assert.Equal(t, "AVAILABLE", state)
+			// And it can still upgrade once the binary is fixed.
+			installBinary(t, bin, "")
+			a.signal(syscall.SIGUSR2)
+			assert.Equal(t, 0, a.exitCode(20*time.Second))
+		})
+	}
+}
+
+// Under systemd (Type=notify), the master reports READY=1, RELOADING=1 on
+// USR2, the new master MAINPID= with READY=1, and STOPPING=1.
+func TestSdNotify(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	require.NoError(t, err)
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	var got []string
+	next := func() string {
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		buf := make([]byte, 256)
+		n, err := conn.Read(buf)
+		require.NoError(t, err, "after %q", got)
+		got = append(got, string(buf[:n]))
+		return string(buf[:n])
+	}
+	a := startApp(t, appSpec{Workers: 1})
+	a.started(1)
+	assert.Equal(t, "READY=1", next())
+	a.signal(syscall.SIGUSR2)
+	assert.Equal(t, "RELOADING=1", next())
+	main := next()
+	up := a.waitFor("the handover", 10*time.Second, func(r rec) bool { return r.str("event") == "upgrade" && r.str("reason") == "handed over" })
+	assert.Equal(t, "MAINPID="+strconv.Itoa(up.int("new_master"))+"\nREADY=1", main)
+	require.NoError(t, syscall.Kill(up.int("new_master"), syscall.SIGTERM))
+	assert.Equal(t, "STOPPING=1", next())
+}
