@@ -53,13 +53,18 @@ func main() {
 	flag.StringVar(&o.User, "user", "", "run workers as this user (master must be root)")
 	flag.StringVar(&o.Group, "group", "", "run workers with this group")
 	verbose := flag.Bool("v", false, "debug logs")
+	jsonLogs := flag.Bool("log-json", false, "logs as JSON lines")
 	flag.Parse()
 
-	level := slog.LevelInfo
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
 	if *verbose {
-		level = slog.LevelDebug
+		opts.Level = slog.LevelDebug
 	}
-	o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if *jsonLogs {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	o.Logger = slog.New(h)
 
 	err := flock.Serve(handler(), o)
 	switch {
