@@ -205,15 +205,14 @@ type Status struct {
 	Workers []WorkerStatus `json:"workers"`
 }
 
+// state is the ECV state for snapshot s, also when the monitor is off.
+func (mon *monitor) state(s *snapshot) string {
+	_, st := mon.evaluate(s)
+	return st
+}
+
 func (mon *monitor) status(w http.ResponseWriter) {
-	s := mon.m.snap.Load()
-	_, ecv := mon.evaluate(s)
-	st := Status{PID: os.Getpid(), Started: mon.m.started, ECV: ecv, State: s.state.String(),
-		Addr: net.JoinHostPort(mon.m.c.host, mon.port), Workers: make([]WorkerStatus, len(s.workers))}
-	for i, ws := range s.workers {
-		ws.RSS = rss(ws.PID)
-		st.Workers[i] = ws
-	}
+	st := mon.m.status()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
 	enc := json.NewEncoder(w)

@@ -35,8 +35,12 @@
 //	           kill what remains after ShutdownTimeout, Serve returns nil
 //	INT        immediate: kill every worker, Serve returns ErrInterrupted;
 //	           INT during a graceful shutdown escalates to this
-//	HUP, USR2  rolling restart and binary upgrade: not in this version; the
-//	           master logs them and carries on
+//	HUP        rolling restart: replace every worker, a few at a time, from
+//	           the binary now on disk, each new one ready before its old
+//	           one drains
+//	USR2       binary upgrade: a new master from the binary on disk takes
+//	           over the sockets once all its workers are ready; a broken
+//	           binary is killed and the old master keeps serving
 //
 // Workers ignore TTIN, TTOU, HUP and USR2, so `pkill -TTIN myapp` cannot stop
 // them. A worker that receives TERM or QUIT itself drains gracefully and exits
@@ -194,6 +198,10 @@ type Options struct {
 	// the command surface use the same key.
 	AccessKey string
 
+	// Extensions run in the master beside the workers: the command surface
+	// (package command) is one. See Extension.
+	Extensions []Extension
+
 	// User and Group, names or numeric ids, run the workers under another
 	// identity (the master must be root). Group defaults to User's primary
 	// group.
@@ -219,6 +227,15 @@ const (
 	EventUpgrade   EventKind = "upgrade"   // a binary upgrade began, handed over or failed; Reason says
 )
 
+// Why a worker started (Event.Reason for EventForked); a replacement
+// carries the reason of the replacement (ReasonRestart, ReasonRecycle,
+// ReasonUpgrade).
+const (
+	ReasonStart   = "start"   // one of the first workers
+	ReasonScale   = "scale"   // TTIN, or a command adding workers
+	ReasonFailure = "failure" // re-forked after a crash, timeout or boot timeout
+)
+
 // Why a worker exited (Event.Reason for EventExited).
 const (
 	ReasonCrash       = "crash"        // it exited unasked
@@ -238,7 +255,7 @@ type Event struct {
 	Kind   EventKind
 	PID    int       // the worker's pid, for worker events
 	Slot   int       // the worker's slot, for worker and slot events
-	Reason string    // for EventExited and EventShutdown
+	Reason string    // why: for EventForked, EventExited, EventShutdown and others
 	Status int       // exit status for EventExited; -1 when a signal ended it
 	Signal os.Signal // the signal received (EventSignal) or that ended the worker
 	// Workers is the number of worker slots after the event (EventScaled).

@@ -36,18 +36,20 @@ type master struct {
 	next  int     // next slot id
 	exe   string  // what workers are started from (see HUP)
 
-	workers   map[*worker]struct{} // every live worker process
-	state     masterState
-	err       error // what Serve returns once every worker is gone
-	started   time.Time
-	disabled  bool // taken out of rotation through the monitor
-	roll      *roll
-	pending   []*roll // rolls waiting for the current one
-	upgrade   *upgrade
-	heir      *os.File // upgrade pipe to the old master, until handover
-	announced bool     // READY=1 sent to systemd
-	mon       *monitor
-	memCheck  *time.Timer
+	workers     map[*worker]struct{} // every live worker process
+	state       masterState
+	err         error // what Serve returns once every worker is gone
+	started     time.Time
+	disabled    bool // taken out of rotation through the monitor
+	roll        *roll
+	pending     []*roll // rolls waiting for the current one
+	upgrade     *upgrade
+	heir        *os.File // upgrade pipe to the old master, until handover
+	announced   bool     // READY=1 sent to systemd
+	mon         *monitor
+	memCheck    *time.Timer
+	stopTimeout time.Duration // ShutdownTimeout, or what a command asked for
+	ctl         *Controller
 
 	exits chan exitMsg
 	msgs  chan workerMsg
@@ -88,6 +90,7 @@ type worker struct {
 	started     time.Time
 	ready       bool
 	stopReason  string      // set when the master asks it to go
+	onExit      []func()    // called when it has exited
 	timer       *time.Timer // boot timeout, then heartbeat deadline
 	kill        *time.Timer // after stopWorker: ShutdownTimeout
 	uptime      *time.Timer // MaxUptime
@@ -115,15 +118,16 @@ func runMaster(c *config) error {
 	defer runtime.UnlockOSThread()
 
 	m := &master{
-		c:       c,
-		log:     c.Logger,
-		exe:     "/proc/self/exe",
-		workers: map[*worker]struct{}{},
-		started: time.Now(),
-		exits:   make(chan exitMsg),
-		msgs:    make(chan workerMsg),
-		inbox:   make(chan func()),
-		done:    make(chan struct{}),
+		c:           c,
+		log:         c.Logger,
+		exe:         "/proc/self/exe",
+		stopTimeout: c.ShutdownTimeout,
+		workers:     map[*worker]struct{}{},
+		started:     time.Now(),
+		exits:       make(chan exitMsg),
+		msgs:        make(chan workerMsg),
+		inbox:       make(chan func()),
+		done:        make(chan struct{}),
 	}
 	defer close(m.done)
 	inh, err := inheritance()
@@ -144,6 +148,20 @@ func runMaster(c *config) error {
 		return err
 	}
 	defer m.mon.close()
+	m.ctl = &Controller{m: m}
+	for i, x := range c.Extensions {
+		if err := x.Start(m.ctl); err != nil {
+			for _, y := range c.Extensions[:i] {
+				y.Stop()
+			}
+			return fmt.Errorf("flock: extension %T: %w", x, err)
+		}
+	}
+	defer func() {
+		for _, x := range c.Extensions {
+			x.Stop()
+		}
+	}()
 	if c.PIDFile != "" && inh == nil {
 		if err := writePIDFile(c.PIDFile, os.Getpid()); err != nil {
 			return fmt.Errorf("flock: PIDFile %q: %v", c.PIDFile, err)
@@ -155,12 +173,12 @@ func runMaster(c *config) error {
 	sigs, stop := notifyMaster()
 	defer stop()
 
-	m.emit(Event{Kind: EventListening, Addr: net.JoinHostPort(m.c.host, strconv.Itoa(m.port)), Monitor: m.mon.addr()})
+	m.emit(Event{Kind: EventListening, Addr: m.listenAddr(), Monitor: m.mon.addr()})
 	if migrate, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req"); strings.TrimSpace(string(migrate)) == "0" {
 		m.log.Info("flock: hint: net.ipv4.tcp_migrate_req is 0, so TTOU resets the connections still queued on the removed worker's socket; sysctl -w net.ipv4.tcp_migrate_req=1 hands them to the other workers")
 	}
 	for _, s := range m.slots {
-		m.fork(s)
+		m.fork(s, ReasonStart)
 	}
 	if c.MaxMemory > 0 {
 		m.checkMemory()
@@ -332,6 +350,10 @@ func (m *master) bind() (*os.File, error) {
 	return f, nil
 }
 
+func (m *master) listenAddr() string {
+	return net.JoinHostPort(m.c.host, strconv.Itoa(m.port))
+}
+
 func (m *master) closeSockets() {
 	for _, s := range m.slots {
 		s.closeSocket()
@@ -352,7 +374,7 @@ func (m *master) addSlot() {
 		return
 	}
 	m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
-	m.fork(s)
+	m.fork(s, ReasonScale)
 }
 
 // removeSlot takes one slot away: preferably one with no running worker
@@ -387,7 +409,7 @@ func (m *master) removeSlot() {
 	victim.closeSocket()
 	for _, w := range []*worker{victim.w, victim.next} {
 		if w != nil {
-			m.stopWorker(w, ReasonScaleDown)
+			m.stopWorker(w, ReasonScaleDown, m.c.ShutdownTimeout)
 		}
 	}
 }
@@ -426,7 +448,7 @@ func (m *master) stopAll(reason string) {
 	m.state = stopping
 	m.closeSockets()
 	for w := range m.workers {
-		m.stopWorker(w, reason)
+		m.stopWorker(w, reason, m.stopTimeout)
 	}
 }
 
@@ -454,17 +476,17 @@ func (m *master) killAll() {
 }
 
 // stopWorker asks w to drain and exit, and kills it if it is still there
-// after ShutdownTimeout.
-func (m *master) stopWorker(w *worker, reason string) {
+// after timeout.
+func (m *master) stopWorker(w *worker, reason string, timeout time.Duration) {
 	if w.stopReason != "" {
 		return
 	}
 	w.stopReason = reason
 	stopTimer(w.timer, w.uptime)
 	m.send(w, "stop")
-	w.kill = m.after(m.c.ShutdownTimeout, func() {
+	w.kill = m.after(timeout, func() {
 		if _, alive := m.workers[w]; alive {
-			m.log.Warn("flock: worker still running after ShutdownTimeout; killing it", "pid", w.pid, "slot", w.slot.id, "timeout", m.c.ShutdownTimeout)
+			m.log.Warn("flock: worker still running after its shutdown timeout; killing it", "pid", w.pid, "slot", w.slot.id, "timeout", timeout)
 			w.stopReason = ReasonKilled
 			w.cmd.Process.Kill()
 		}
@@ -486,22 +508,22 @@ func stopTimer(ts ...*time.Timer) {
 }
 
 // fork starts the worker of slot s. A failure to start counts as a crash.
-func (m *master) fork(s *slot) {
-	w, err := m.startWorker(s, m.exe)
+func (m *master) fork(s *slot, reason string) {
+	w, err := m.startWorker(s, m.exe, m.c.BootTimeout)
 	if err != nil {
 		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", m.exe, "err", err)
 		m.crashed(s, nil)
 		return
 	}
 	s.w = w
-	m.emit(Event{Kind: EventForked, PID: w.pid, Slot: s.id})
+	m.emit(Event{Kind: EventForked, PID: w.pid, Slot: s.id, Reason: reason})
 }
 
 // replace starts a replacement for slot s beside its current worker. Both
 // share the slot's socket, so nothing queued is lost. Once the replacement
 // is ready the old worker drains with reason, and onReady(true) is called;
 // if it fails to become ready the old one keeps serving, onReady(false).
-func (m *master) replace(s *slot, reason, exe string, onReady func(bool)) {
+func (m *master) replace(s *slot, reason, exe string, boot time.Duration, onReady func(bool)) {
 	if s.sock == nil { // given up: it needs a socket again
 		f, err := m.bind()
 		if err != nil {
@@ -511,17 +533,17 @@ func (m *master) replace(s *slot, reason, exe string, onReady func(bool)) {
 		}
 		s.sock, s.gaveUp, s.failures = f, false, nil
 	}
-	w, err := m.startWorker(s, exe)
+	w, err := m.startWorker(s, exe, boot)
 	if err != nil {
 		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", exe, "err", err)
 		m.after(0, func() { onReady(false) })
 		return
 	}
 	s.next, s.reason, s.onReady = w, reason, onReady
-	m.emit(Event{Kind: EventForked, PID: w.pid, Slot: s.id})
+	m.emit(Event{Kind: EventForked, PID: w.pid, Slot: s.id, Reason: reason})
 }
 
-func (m *master) startWorker(s *slot, exe string) (*worker, error) {
+func (m *master) startWorker(s *slot, exe string, boot time.Duration) (*worker, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
@@ -551,7 +573,7 @@ func (m *master) startWorker(s *slot, exe string) (*worker, error) {
 		// recycling together.
 		w.maxRequests = n + rand.Int64N(n/10+1)
 	}
-	w.timer = m.after(m.c.BootTimeout, func() { m.bootTimedOut(w) })
+	w.timer = m.after(boot, func() { m.bootTimedOut(w, boot) })
 	m.workers[w] = struct{}{}
 	go func() {
 		sc := bufio.NewScanner(mine)
@@ -633,7 +655,7 @@ func (m *master) onReady(w *worker) {
 		old, done := s.w, s.onReady
 		s.w, s.next, s.onReady = w, nil, nil
 		if old != nil {
-			m.stopWorker(old, s.reason)
+			m.stopWorker(old, s.reason, m.c.ShutdownTimeout)
 		}
 		done(true)
 	}
@@ -642,11 +664,11 @@ func (m *master) onReady(w *worker) {
 
 // bootTimedOut kills a worker that did not become ready in BootTimeout; it
 // counts as a failed start.
-func (m *master) bootTimedOut(w *worker) {
+func (m *master) bootTimedOut(w *worker, boot time.Duration) {
 	if _, alive := m.workers[w]; !alive || w.ready || w.stopReason != "" {
 		return
 	}
-	m.log.Warn("flock: worker not ready within BootTimeout; killing it", "pid", w.pid, "slot", w.slot.id, "timeout", m.c.BootTimeout)
+	m.log.Warn("flock: worker not ready within its boot timeout; killing it", "pid", w.pid, "slot", w.slot.id, "timeout", boot)
 	w.stopReason = ReasonBootTimeout
 	w.cmd.Process.Kill()
 }
@@ -694,6 +716,11 @@ func (m *master) onExit(e exitMsg) {
 	delete(m.workers, w)
 	w.ctrl.Close()
 	stopTimer(w.timer, w.kill, w.uptime)
+	defer func() {
+		for _, fn := range w.onExit {
+			fn()
+		}
+	}()
 	reason := w.stopReason
 	if reason == "" {
 		reason = ReasonCrash
@@ -743,7 +770,7 @@ func (m *master) crashed(s *slot, exited *Event) {
 		s.restart = m.after(d, func() {
 			s.restart = nil
 			if m.state == running && !s.removing && s.w == nil && s.next == nil {
-				m.fork(s)
+				m.fork(s, ReasonFailure)
 			}
 		})
 		if exited != nil {
@@ -816,7 +843,9 @@ func (m *master) emit(e Event) {
 	case EventGaveUp:
 		level = slog.LevelError
 		attrs = append(attrs, "slot", e.Slot, "reason", e.Reason)
-	case EventForked, EventReady:
+	case EventForked:
+		attrs = append(attrs, "pid", e.PID, "slot", e.Slot, "reason", e.Reason)
+	case EventReady:
 		attrs = append(attrs, "pid", e.PID, "slot", e.Slot)
 	case EventExited:
 		attrs = append(attrs, "pid", e.PID, "slot", e.Slot, "reason", e.Reason, "status", e.Status)
@@ -831,6 +860,9 @@ func (m *master) emit(e Event) {
 	m.log.Log(context.Background(), level, msg, attrs...)
 	if m.c.OnEvent != nil {
 		m.c.OnEvent(e)
+	}
+	for _, x := range m.c.Extensions {
+		x.Event(e)
 	}
 }
 

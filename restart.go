@@ -14,10 +14,11 @@ import (
 // HUP, recycling and the command surface all go through here.
 type roll struct {
 	reason   string
-	exe      string  // binary for the new workers
-	queue    []*slot // slots still to replace
-	expect   *worker // recycling: replace only if this is still the slot's worker
-	width    int     // replacements at once
+	exe      string        // binary for the new workers
+	queue    []*slot       // slots still to replace
+	expect   *worker       // recycling: replace only if this is still the slot's worker
+	boot     time.Duration // each replacement's boot timeout; 0 means BootTimeout
+	width    int           // replacements at once
 	active   int
 	replaced int
 	err      error
@@ -88,7 +89,7 @@ func (m *master) rollMore() {
 			continue // gone, or already being replaced
 		}
 		r.active++
-		m.replace(s, r.reason, r.exe, func(ok bool) {
+		m.replace(s, r.reason, r.exe, cmp0(r.boot, m.c.BootTimeout), func(ok bool) {
 			r.active--
 			if ok {
 				r.replaced++
