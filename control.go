@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"time"
@@ -33,6 +34,35 @@ type Controller struct {
 
 // ErrStopped is returned by Controller methods once the master has stopped.
 var ErrStopped = errors.New("flock: the master has stopped")
+
+// Listen gives an extension a TCP listener on addr, to call from Start
+// only. name identifies it across a USR2 upgrade: the new master's
+// extension gets the same socket back from Listen, so the port is never
+// busy and never closed during the handover.
+func (c *Controller) Listen(name, addr string) (net.Listener, error) {
+	m := c.m
+	if _, dup := m.extFiles[name]; dup {
+		return nil, fmt.Errorf("listener %q requested twice", name)
+	}
+	var ln net.Listener
+	var err error
+	if f := m.inh.listener(name); f != nil {
+		ln, err = net.FileListener(f)
+		f.Close()
+	} else if ln, err = net.Listen("tcp", addr); err != nil {
+		err = fmt.Errorf("listen %s: %w", addr, unwrapOpError(err))
+	}
+	if err != nil {
+		return nil, err
+	}
+	f, err := dupFile(ln.(*net.TCPListener), "flock-"+name)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	m.extFiles[name] = f
+	return ln, nil
+}
 
 // AccessKey is Options.AccessKey.
 func (c *Controller) AccessKey() string { return c.m.c.AccessKey }

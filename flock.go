@@ -267,6 +267,13 @@ type Event struct {
 	Delay time.Duration
 }
 
+// Version is flock's version.
+const Version = "0.1.0"
+
+// ErrNotReady is in the error of a rolling restart that stopped because a
+// new worker did not become ready.
+var ErrNotReady = errors.New("a new worker did not become ready")
+
 // ErrInterrupted is returned by Serve in the master after SIGINT.
 var ErrInterrupted = errors.New("flock: interrupted by SIGINT")
 

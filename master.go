@@ -48,7 +48,9 @@ type master struct {
 	announced   bool     // READY=1 sent to systemd
 	mon         *monitor
 	memCheck    *time.Timer
-	stopTimeout time.Duration // ShutdownTimeout, or what a command asked for
+	stopTimeout time.Duration       // ShutdownTimeout, or what a command asked for
+	inh         *inherited          // what an old master handed down (USR2)
+	extFiles    map[string]*os.File // extensions' listeners, to hand down on USR2
 	ctl         *Controller
 
 	exits chan exitMsg
@@ -73,7 +75,7 @@ type slot struct {
 	sock     *os.File
 	w        *worker     // the worker serving the slot; nil while none runs
 	next     *worker     // its replacement, while that boots
-	onReady  func(bool)  // called when next is ready (true) or failed (false)
+	onReady  func(error) // called when next is ready (nil) or failed (why)
 	reason   string      // why w is being replaced
 	failures []time.Time // crash times within the last minute
 	restart  *time.Timer // pending re-fork
@@ -134,6 +136,12 @@ func runMaster(c *config) error {
 	if err != nil {
 		return err
 	}
+	m.inh, m.extFiles = inh, map[string]*os.File{}
+	defer func() {
+		for _, f := range m.extFiles {
+			f.Close()
+		}
+	}()
 	if inh != nil {
 		err = m.adopt(inh)
 	} else {
@@ -521,14 +529,15 @@ func (m *master) fork(s *slot, reason string) {
 
 // replace starts a replacement for slot s beside its current worker. Both
 // share the slot's socket, so nothing queued is lost. Once the replacement
-// is ready the old worker drains with reason, and onReady(true) is called;
-// if it fails to become ready the old one keeps serving, onReady(false).
-func (m *master) replace(s *slot, reason, exe string, boot time.Duration, onReady func(bool)) {
+// is ready the old worker drains with reason, and onReady(nil) is called;
+// if it fails to become ready the old one keeps serving, and onReady hears
+// why.
+func (m *master) replace(s *slot, reason, exe string, boot time.Duration, onReady func(error)) {
 	if s.sock == nil { // given up: it needs a socket again
 		f, err := m.bind()
 		if err != nil {
 			m.log.Error("flock: cannot revive slot", "slot", s.id, "err", err)
-			m.after(0, func() { onReady(false) })
+			m.after(0, func() { onReady(fmt.Errorf("slot %d: %w", s.id, err)) })
 			return
 		}
 		s.sock, s.gaveUp, s.failures = f, false, nil
@@ -536,7 +545,7 @@ func (m *master) replace(s *slot, reason, exe string, boot time.Duration, onRead
 	w, err := m.startWorker(s, exe, boot)
 	if err != nil {
 		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", exe, "err", err)
-		m.after(0, func() { onReady(false) })
+		m.after(0, func() { onReady(fmt.Errorf("slot %d: cannot start %s: %w", s.id, exe, err)) })
 		return
 	}
 	s.next, s.reason, s.onReady = w, reason, onReady
@@ -657,7 +666,7 @@ func (m *master) onReady(w *worker) {
 		if old != nil {
 			m.stopWorker(old, s.reason, m.c.ShutdownTimeout)
 		}
-		done(true)
+		done(nil)
 	}
 	m.handoverIfReady()
 }
@@ -739,7 +748,11 @@ func (m *master) onExit(e exitMsg) {
 		} else {
 			m.emit(ev)
 		}
-		done(false)
+		how := fmt.Sprintf("exited (%v)", e.state)
+		if reason == ReasonBootTimeout {
+			how = "timed out: not ready within its boot timeout"
+		}
+		done(fmt.Errorf("slot %d: new worker %d %s", s.id, w.pid, how))
 	case s.w == w:
 		s.w = nil
 		switch {

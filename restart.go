@@ -89,12 +89,12 @@ func (m *master) rollMore() {
 			continue // gone, or already being replaced
 		}
 		r.active++
-		m.replace(s, r.reason, r.exe, cmp0(r.boot, m.c.BootTimeout), func(ok bool) {
+		m.replace(s, r.reason, r.exe, cmp0(r.boot, m.c.BootTimeout), func(err error) {
 			r.active--
-			if ok {
+			if err == nil {
 				r.replaced++
 			} else if r.err == nil {
-				r.err = fmt.Errorf("a new worker for slot %d did not become ready; the workers not yet replaced keep serving", s.id)
+				r.err = fmt.Errorf("%w: %v; the workers not yet replaced keep serving", ErrNotReady, err)
 			}
 			if m.roll == r {
 				m.rollMore()

@@ -70,7 +70,7 @@ func TestHUPWithBrokenBinaryKeepsServing(t *testing.T) {
 	done := a.waitFor("the roll to stop", 20*time.Second, func(r rec) bool { return r.str("event") == "roll" && r.str("reason") != "began" })
 	res := stop()
 	assert.Zero(t, res.failed.Load(), res.String())
-	assert.Contains(t, done.str("reason"), "failed: a new worker for slot")
+	assert.Contains(t, done.str("reason"), "failed: a new worker did not become ready: slot ")
 	for _, pid := range old {
 		assert.True(t, alive(pid), "old worker %d was stopped", pid)
 	}

@@ -5,8 +5,10 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,11 +30,12 @@ const envUpgrade = "FLOCK_UPGRADE"
 
 // upgradeSpec tells the new master what it inherits; the files follow in
 // this order from fd 3: the pipe to the old master, the monitor's listener
-// (when Monitor), then one socket per slot.
+// (when Monitor), one socket per slot, then the extensions' listeners.
 type upgradeSpec struct {
-	Slots    int  `json:"slots"`
-	Monitor  bool `json:"monitor"`
-	Disabled bool `json:"disabled"`
+	Slots     int      `json:"slots"`
+	Monitor   bool     `json:"monitor"`
+	Disabled  bool     `json:"disabled"`
+	Listeners []string `json:"listeners"` // extensions' listeners, by name, after the slots
 }
 
 // upgrade is an upgrade under way, seen from the old master.
@@ -48,9 +51,10 @@ type upgrade struct {
 // inherited is what a new master received from the old one.
 type inherited struct {
 	upgradeSpec
-	pipe    *os.File
-	monitor *os.File
-	slots   []*os.File
+	pipe      *os.File
+	monitor   *os.File
+	slots     []*os.File
+	listeners map[string]*os.File
 }
 
 func (m *master) startUpgrade() {
@@ -101,6 +105,10 @@ func (m *master) upgradeTo(exe string, done func(error)) {
 			s.sock = f
 		}
 		files = append(files, s.sock)
+	}
+	for _, name := range slices.Sorted(maps.Keys(m.extFiles)) {
+		spec.Listeners = append(spec.Listeners, name)
+		files = append(files, m.extFiles[name])
 	}
 	js, _ := json.Marshal(spec)
 	cmd := exec.Command(exe, os.Args[1:]...)
@@ -217,7 +225,19 @@ func inheritance() (*inherited, error) {
 	for range inh.Slots {
 		inh.slots = append(inh.slots, next("flock-slot"))
 	}
+	inh.listeners = map[string]*os.File{}
+	for _, name := range inh.Listeners {
+		inh.listeners[name] = next("flock-" + name)
+	}
 	return &inh, nil
+}
+
+// listener is the inherited listener of an extension, or nil.
+func (inh *inherited) listener(name string) *os.File {
+	if inh == nil {
+		return nil
+	}
+	return inh.listeners[name]
 }
 
 // adopt takes the inherited slot sockets instead of binding new ones.

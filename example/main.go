@@ -5,6 +5,7 @@
 //	kill -TTIN <master pid>   # one more worker
 //	curl -i localhost:5000/sleep?d=5s & kill -TERM <master pid>   # graceful
 //	curl localhost:5001/ecv                  # what a load balancer sees
+//	go run ./example -access-key s3cret &   then   go run ./cmd/flockctl -key s3cret workers
 //
 // Exit status: 0 after a graceful shutdown, 130 after SIGINT, 1 when it
 // could not start (bad flag, busy port) or every worker kept crashing.
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/command"
 )
 
 func main() {
@@ -49,7 +51,10 @@ func main() {
 	flag.StringVar(&o.MonitorProbe, "monitor-probe", "", "path on the app port (or URL) the ECV checks before answering AVAILABLE")
 	flag.DurationVar(&o.MonitorProbeTimeout, "monitor-probe-timeout", 0, "bound on one probe (default 1s)")
 	flag.BoolVar(&o.MonitorReadOnly, "monitor-read-only", false, "turn off POST /ecv/disable and /ecv/enable")
-	flag.StringVar(&o.AccessKey, "access-key", "", "key that lets non-loopback callers use control endpoints")
+	flag.StringVar(&o.AccessKey, "access-key", os.Getenv("FLOCK_ACCESS_KEY"), "access key of the command surface (flockctl) and the monitor's control from other hosts (default $FLOCK_ACCESS_KEY)")
+	var co command.Options
+	flag.StringVar(&co.Addr, "command-addr", "", "command surface address, bound when -access-key is set (default localhost:11987)")
+	flag.BoolVar(&co.Console, "console", false, "read commands from the terminal")
 	flag.StringVar(&o.User, "user", "", "run workers as this user (master must be root)")
 	flag.StringVar(&o.Group, "group", "", "run workers with this group")
 	verbose := flag.Bool("v", false, "debug logs")
@@ -65,6 +70,8 @@ func main() {
 		h = slog.NewJSONHandler(os.Stderr, opts)
 	}
 	o.Logger = slog.New(h)
+	co.Version = "example"
+	o.Extensions = []flock.Extension{command.New(co)}
 
 	err := flock.Serve(handler(), o)
 	switch {
