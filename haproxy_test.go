@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flockhq/flock/internal/flocktest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -49,13 +50,13 @@ func TestHAProxy(t *testing.T) {
 	}
 	a := startApp(t, appSpec{Workers: 2, Drain: time.Second})
 	b := startApp(t, appSpec{Workers: 2})
-	pidsA, pidsB := a.started(2), b.started(2)
+	pidsA, pidsB := a.Started(2), b.Started(2)
 
-	fe := freePort(t)
-	_, portA, _ := net.SplitHostPort(a.addr)
-	_, monA, _ := net.SplitHostPort(a.monitor)
-	_, portB, _ := net.SplitHostPort(b.addr)
-	_, monB, _ := net.SplitHostPort(b.monitor)
+	fe := flocktest.FreePort(t)
+	_, portA, _ := net.SplitHostPort(a.Addr)
+	_, monA, _ := net.SplitHostPort(a.Monitor)
+	_, portB, _ := net.SplitHostPort(b.Addr)
+	_, monB, _ := net.SplitHostPort(b.Monitor)
 	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
 	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, haproxyConfig, fe, "127.0.0.1:"+portA, monA, "127.0.0.1:"+portB, monB), 0o644))
 	hap := exec.Command(bin, "-db", "-f", cfg)
@@ -67,7 +68,7 @@ func TestHAProxy(t *testing.T) {
 
 	servedBy := func(n int) (fromA, fromB int) {
 		for range n {
-			pid, err := get(url)
+			pid, err := flocktest.Get(url)
 			require.NoError(t, err)
 			switch {
 			case slices.Contains(pidsA, pid):
@@ -78,8 +79,8 @@ func TestHAProxy(t *testing.T) {
 		}
 		return
 	}
-	require.True(t, poll(10*time.Second, func() bool {
-		_, err := get(url)
+	require.True(t, flocktest.Poll(10*time.Second, func() bool {
+		_, err := flocktest.Get(url)
 		if err != nil {
 			return false
 		}
@@ -90,43 +91,35 @@ func TestHAProxy(t *testing.T) {
 	// (a) Take A out of rotation under load.
 	for _, keepAlive := range []bool{true, false} {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		done := make(chan *loadResult)
-		go func() { done <- load(ctx, url, 8, 50000, keepAlive) }()
+		done := make(chan *flocktest.LoadResult)
+		go func() { done <- flocktest.Load(ctx, url, 8, 50000, keepAlive) }()
 		time.Sleep(500 * time.Millisecond)
-		code, _, _ := a.mon("POST", "/ecv/disable")
+		code, _, _ := a.Mon("POST", "/ecv/disable")
 		require.Equal(t, 204, code)
 		time.Sleep(500 * time.Millisecond) // a few check intervals
 		fromA, fromB := servedBy(20)
 		res := <-done
 		cancel()
 		t.Logf("disable under load (keep-alive %v): %s", keepAlive, res)
-		assert.Zero(t, res.failed.Load(), "disable, keep-alive %v: %s", keepAlive, res)
+		assert.Zero(t, res.Failed.Load(), "disable, keep-alive %v: %s", keepAlive, res)
 		assert.Zero(t, fromA, "A still gets traffic while disabled")
 		assert.Equal(t, 20, fromB)
 
-		code, _, _ = a.mon("POST", "/ecv/enable")
+		code, _, _ = a.Mon("POST", "/ecv/enable")
 		require.Equal(t, 204, code)
-		require.True(t, poll(5*time.Second, func() bool { fromA, _ := servedBy(10); return fromA > 0 }), "A never came back")
+		require.True(t, flocktest.Poll(5*time.Second, func() bool { fromA, _ := servedBy(10); return fromA > 0 }), "A never came back")
 	}
 
 	// (b) Stop A with TERM under load: the ECV turns DISABLED at once and
 	// HAProxy moves away before A stops accepting.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	done := make(chan *loadResult)
-	go func() { done <- load(ctx, url, 8, 100000, false) }()
+	done := make(chan *flocktest.LoadResult)
+	go func() { done <- flocktest.Load(ctx, url, 8, 100000, false) }()
 	time.Sleep(500 * time.Millisecond)
-	a.signal(syscall.SIGTERM)
+	a.Signal(syscall.SIGTERM)
 	res := <-done
 	t.Logf("TERM under load: %s", res)
-	assert.Zero(t, res.failed.Load(), "TERM: %s", res)
-	assert.Equal(t, 0, a.exitCode(10*time.Second))
-}
-
-// freePort returns a loopback address nobody listens on right now.
-func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
+	assert.Zero(t, res.Failed.Load(), "TERM: %s", res)
+	assert.Equal(t, 0, a.ExitCode(10*time.Second))
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flockhq/flock/internal/flocktest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -33,35 +34,37 @@ func TestRecentFailures(t *testing.T) {
 // A worker killed with SIGKILL is re-forked in the same slot.
 func TestCrashedWorkerIsReforked(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 2})
-	pids := a.started(2)
+	pids := a.Started(2)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
-	exit := a.waitFor("the crash", 5*time.Second, func(r rec) bool { return r.str("event") == "exited" })
-	assert.Equal(t, ReasonCrash, exit.str("reason"))
-	assert.Equal(t, "SIGKILL", exit.str("signal"))
-	assert.Equal(t, "100ms", exit.str("restart_in"))
-	again := a.waitFor("a new worker in the slot", 5*time.Second, func(r rec) bool {
-		return r.str("event") == "ready" && r.int("slot") == exit.int("slot") && r.int("pid") != pids[0]
+	exit := a.WaitFor("the crash", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "exited" })
+	assert.Equal(t, ReasonCrash, exit.Str("reason"))
+	assert.Equal(t, "SIGKILL", exit.Str("signal"))
+	assert.Equal(t, "100ms", exit.Str("restart_in"))
+	again := a.WaitFor("a new worker in the slot", 5*time.Second, func(r flocktest.Rec) bool {
+		return r.Str("event") == "ready" && r.Int("slot") == exit.Int("slot") && r.Int("pid") != pids[0]
 	})
-	assert.True(t, alive(again.int("pid")))
-	assert.True(t, alive(pids[1]), "the other worker is untouched")
+	assert.True(t, flocktest.Alive(again.Int("pid")))
+	assert.True(t, flocktest.Alive(pids[1]), "the other worker is untouched")
 }
 
 // A worker that fails at boot is re-forked with a growing delay; past the
 // budget the slot gives up, and with no slot left Serve returns an error.
 func TestBootFailureBacksOffThenGivesUp(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1, FailBoot: true, Restart: 20 * time.Millisecond, Budget: 3})
-	assert.Equal(t, 1, a.exitCode(20*time.Second))
+	assert.Equal(t, 1, a.ExitCode(20*time.Second))
 	var delays []string
-	for _, e := range a.events("exited") {
-		assert.Equal(t, ReasonCrash, e.str("reason"))
-		assert.Equal(t, exitBootFailure, e.int("status"))
-		delays = append(delays, e.str("restart_in"))
+	for _, e := range a.Events("exited") {
+		assert.Equal(t, ReasonCrash, e.Str("reason"))
+		assert.Equal(t, exitBootFailure, e.Int("status"))
+		delays = append(delays, e.Str("restart_in"))
 	}
 	assert.Equal(t, []string{"20ms", "40ms", "80ms", ""}, delays, "the last crash is not re-forked")
-	assert.Len(t, a.events("gave-up"), 1)
-	assert.Len(t, a.find(func(r rec) bool { return r.str("step") == "Init" && r.str("err") == "init refuses on purpose" }), 4)
-	assert.NotEmpty(t, a.find(func(r rec) bool {
-		return r.str("msg") == "flock: no worker left: every slot crashed more than 3 times within a minute (RestartsPerMinute)"
+	assert.Len(t, a.Events("gave-up"), 1)
+	assert.Len(t, a.Find(func(r flocktest.Rec) bool {
+		return r.Str("step") == "Init" && r.Str("err") == "init refuses on purpose"
+	}), 4)
+	assert.NotEmpty(t, a.Find(func(r flocktest.Rec) bool {
+		return r.Str("msg") == "flock: no worker left: every slot crashed more than 3 times within a minute (RestartsPerMinute)"
 	}))
 }
 
@@ -69,12 +72,12 @@ func TestBootFailureBacksOffThenGivesUp(t *testing.T) {
 // SIGKILL and cannot tell them.
 func TestWorkersDieWithMaster(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 3})
-	pids := a.started(3)
-	require.NoError(t, syscall.Kill(a.pid, syscall.SIGKILL))
+	pids := a.Started(3)
+	require.NoError(t, syscall.Kill(a.PID, syscall.SIGKILL))
 	start := time.Now()
-	ok := poll(2*time.Second, func() bool {
+	ok := flocktest.Poll(2*time.Second, func() bool {
 		for _, pid := range pids {
-			if alive(pid) {
+			if flocktest.Alive(pid) {
 				return false
 			}
 		}
@@ -87,7 +90,7 @@ func TestWorkersDieWithMaster(t *testing.T) {
 // served by the replacement: the master keeps the socket open.
 func TestQueuedConnectionsSurviveWorkerCrash(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1})
-	old := a.started(1)[0]
+	old := a.Started(1)[0]
 	// Freeze the worker so connections pile up in the accept queue.
 	require.NoError(t, syscall.Kill(old, syscall.SIGSTOP))
 	const n = 20
@@ -97,7 +100,7 @@ func TestQueuedConnectionsSurviveWorkerCrash(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			pid, err := get(a.url("/"))
+			pid, err := flocktest.Get(a.URL("/"))
 			if err == nil && pid == old {
 				err = fmt.Errorf("served by the frozen worker")
 			}
@@ -124,19 +127,19 @@ func TestWorkerRestartUnderLoadLosesNothing(t *testing.T) {
 	for _, keepAlive := range []bool{true, false} {
 		t.Run(fmt.Sprintf("keepalive=%v", keepAlive), func(t *testing.T) {
 			a := startApp(t, appSpec{Workers: 2})
-			pids := a.started(2)
+			pids := a.Started(2)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
-			done := make(chan *loadResult)
-			go func() { done <- load(ctx, a.url("/"), 8, 100000, keepAlive) }()
+			done := make(chan *flocktest.LoadResult)
+			go func() { done <- flocktest.Load(ctx, a.URL("/"), 8, 100000, keepAlive) }()
 			time.Sleep(300 * time.Millisecond)
 			for i, pid := range pids {
 				require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
-				a.waitUntil("a replacement", 5*time.Second, func() bool { return len(a.events("ready")) == len(pids)+i+1 })
+				a.WaitUntil("a replacement", 5*time.Second, func() bool { return len(a.Events("ready")) == len(pids)+i+1 })
 			}
 			res := <-done
-			assert.Zero(t, res.failed.Load(), res.String())
-			assert.Greater(t, res.ok.Load(), int64(500), res.String())
+			assert.Zero(t, res.Failed.Load(), res.String())
+			assert.Greater(t, res.OK.Load(), int64(500), res.String())
 			t.Log(res)
 		})
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flockhq/flock/internal/flocktest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -16,30 +17,30 @@ import (
 // which would go below one worker and is ignored. TTOU stops the oldest.
 func TestTTINAndTTOUBursts(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1})
-	first := a.started(1)[0]
+	first := a.Started(1)[0]
 	for range 4 {
-		a.signal(syscall.SIGTTIN)
+		a.Signal(syscall.SIGTTIN)
 		time.Sleep(100 * time.Millisecond)
 	}
-	pids := a.started(5)
+	pids := a.Started(5)
 	assert.Len(t, pids, 5)
-	assert.Equal(t, 5, a.events("scaled")[3].int("workers"))
+	assert.Equal(t, 5, a.Events("scaled")[3].Int("workers"))
 
 	for range 5 {
-		a.signal(syscall.SIGTTOU)
+		a.Signal(syscall.SIGTTOU)
 		time.Sleep(100 * time.Millisecond)
 	}
-	a.waitUntil("4 scale-down exits", 10*time.Second, func() bool { return len(a.events("exited")) == 4 })
-	a.waitFor("TTOU refused below one worker", 5*time.Second, func(r rec) bool {
-		return r.str("msg") == "flock: TTOU ignored: never fewer than one worker"
+	a.WaitUntil("4 scale-down exits", 10*time.Second, func() bool { return len(a.Events("exited")) == 4 })
+	a.WaitFor("TTOU refused below one worker", 5*time.Second, func(r flocktest.Rec) bool {
+		return r.Str("msg") == "flock: TTOU ignored: never fewer than one worker"
 	})
-	exits := a.events("exited")
-	assert.Equal(t, first, exits[0].int("pid"), "TTOU stops the oldest worker first")
+	exits := a.Events("exited")
+	assert.Equal(t, first, exits[0].Int("pid"), "TTOU stops the oldest worker first")
 	for _, e := range exits {
-		assert.Equal(t, ReasonScaleDown, e.str("reason"))
+		assert.Equal(t, ReasonScaleDown, e.Str("reason"))
 	}
 	last := pids[len(pids)-1]
-	pid, err := get(a.url("/"))
+	pid, err := flocktest.Get(a.URL("/"))
 	require.NoError(t, err)
 	assert.Equal(t, last, pid, "the youngest worker is the one left")
 }
@@ -50,14 +51,14 @@ func TestGracefulShutdown(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGQUIT, syscall.SIGTERM} {
 		t.Run(signalName(sig), func(t *testing.T) {
 			a := startApp(t, appSpec{Workers: 2})
-			a.started(2)
+			a.Started(2)
 			inFlight := make(chan error, 1)
-			go func() { _, err := get(a.url("/sleep?d=2s")); inFlight <- err }()
-			a.waitFor("the request to arrive", 5*time.Second, func(r rec) bool { return r.str("event") == "sleeping" })
+			go func() { _, err := flocktest.Get(a.URL("/sleep?d=2s")); inFlight <- err }()
+			a.WaitFor("the request to arrive", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "sleeping" })
 
-			a.signal(sig)
-			a.waitUntil("new connections to be refused", 5*time.Second, func() bool {
-				c, err := net.Dial("tcp", a.addr)
+			a.Signal(sig)
+			a.WaitUntil("new connections to be refused", 5*time.Second, func() bool {
+				c, err := net.Dial("tcp", a.Addr)
 				if err == nil {
 					c.Close()
 				}
@@ -69,10 +70,10 @@ func TestGracefulShutdown(t *testing.T) {
 			default:
 			}
 			require.NoError(t, <-inFlight)
-			assert.Equal(t, 0, a.exitCode(10*time.Second))
-			for _, e := range a.events("exited") {
-				assert.Equal(t, ReasonShutdown, e.str("reason"))
-				assert.Equal(t, 0, e.int("status"))
+			assert.Equal(t, 0, a.ExitCode(10*time.Second))
+			for _, e := range a.Events("exited") {
+				assert.Equal(t, ReasonShutdown, e.Str("reason"))
+				assert.Equal(t, 0, e.Int("status"))
 			}
 		})
 	}
@@ -81,34 +82,36 @@ func TestGracefulShutdown(t *testing.T) {
 // A second TERM during the drain is logged and changes nothing.
 func TestRepeatedTermIgnored(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1})
-	a.started(1)
+	a.Started(1)
 	inFlight := make(chan error, 1)
-	go func() { _, err := get(a.url("/sleep?d=1s")); inFlight <- err }()
-	a.waitFor("the request to arrive", 5*time.Second, func(r rec) bool { return r.str("event") == "sleeping" })
-	a.signal(syscall.SIGTERM)
-	a.waitFor("shutdown", 5*time.Second, func(r rec) bool { return r.str("event") == "shutdown" })
-	a.signal(syscall.SIGTERM)
-	a.signal(syscall.SIGQUIT)
+	go func() { _, err := flocktest.Get(a.URL("/sleep?d=1s")); inFlight <- err }()
+	a.WaitFor("the request to arrive", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "sleeping" })
+	a.Signal(syscall.SIGTERM)
+	a.WaitFor("shutdown", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "shutdown" })
+	a.Signal(syscall.SIGTERM)
+	a.Signal(syscall.SIGQUIT)
 	require.NoError(t, <-inFlight)
-	assert.Equal(t, 0, a.exitCode(10*time.Second))
-	assert.Len(t, a.find(func(r rec) bool { return r.str("msg") == "flock: already shutting down; send INT to stop at once" }), 2)
+	assert.Equal(t, 0, a.ExitCode(10*time.Second))
+	assert.Len(t, a.Find(func(r flocktest.Rec) bool {
+		return r.Str("msg") == "flock: already shutting down; send INT to stop at once"
+	}), 2)
 }
 
 // Past ShutdownTimeout the master kills what still runs, and exits 0.
 func TestShutdownTimeout(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1, Shutdown: 500 * time.Millisecond})
-	pid := a.started(1)[0]
-	go get(a.url("/sleep?d=60s"))
-	a.waitFor("the request to arrive", 5*time.Second, func(r rec) bool { return r.str("event") == "sleeping" })
+	pid := a.Started(1)[0]
+	go flocktest.Get(a.URL("/sleep?d=60s"))
+	a.WaitFor("the request to arrive", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "sleeping" })
 	start := time.Now()
-	a.signal(syscall.SIGTERM)
-	assert.Equal(t, 0, a.exitCode(10*time.Second))
+	a.Signal(syscall.SIGTERM)
+	assert.Equal(t, 0, a.ExitCode(10*time.Second))
 	assert.Less(t, time.Since(start), 5*time.Second)
-	e := a.events("exited")
+	e := a.Events("exited")
 	require.Len(t, e, 1)
-	assert.Equal(t, pid, e[0].int("pid"))
-	assert.Equal(t, ReasonKilled, e[0].str("reason"))
-	assert.Equal(t, "SIGKILL", e[0].str("signal"))
+	assert.Equal(t, pid, e[0].Int("pid"))
+	assert.Equal(t, ReasonKilled, e[0].Str("reason"))
+	assert.Equal(t, "SIGKILL", e[0].Str("signal"))
 }
 
 // INT kills every worker at once and exits non-zero; during a graceful
@@ -121,19 +124,19 @@ func TestInterrupt(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			a := startApp(t, appSpec{Workers: 2, Shutdown: time.Minute})
-			pids := a.started(2)
-			go get(a.url("/sleep?d=60s"))
-			a.waitFor("the request to arrive", 5*time.Second, func(r rec) bool { return r.str("event") == "sleeping" })
+			pids := a.Started(2)
+			go flocktest.Get(a.URL("/sleep?d=60s"))
+			a.WaitFor("the request to arrive", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "sleeping" })
 			if graceful {
-				a.signal(syscall.SIGTERM)
-				a.waitFor("shutdown", 5*time.Second, func(r rec) bool { return r.str("event") == "shutdown" })
+				a.Signal(syscall.SIGTERM)
+				a.WaitFor("shutdown", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "shutdown" })
 			}
-			a.signal(syscall.SIGINT)
-			assert.Equal(t, 130, a.exitCode(5*time.Second))
+			a.Signal(syscall.SIGINT)
+			assert.Equal(t, 130, a.ExitCode(5*time.Second))
 			for _, pid := range pids {
-				assert.False(t, alive(pid), "worker %d still alive", pid)
+				assert.False(t, flocktest.Alive(pid), "worker %d still alive", pid)
 			}
-			assert.NotEmpty(t, a.find(func(r rec) bool { return r.str("event") == "exited" && r.str("reason") == ReasonKilled }))
+			assert.NotEmpty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == ReasonKilled }))
 		})
 	}
 }
@@ -141,17 +144,17 @@ func TestInterrupt(t *testing.T) {
 // Signals meant for the master neither stop nor kill a worker.
 func TestWorkerIgnoresMasterSignals(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1})
-	pid := a.started(1)[0]
+	pid := a.Started(1)[0]
 	for _, sig := range []syscall.Signal{syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGHUP, syscall.SIGUSR2} {
 		require.NoError(t, syscall.Kill(pid, sig))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	res := load(ctx, a.url("/"), 2, 200, true)
-	assert.Zero(t, res.failed.Load(), res.String())
-	assert.NotEqual(t, "T", procState(pid), "worker is stopped")
-	got, err := get(a.url("/"))
+	res := flocktest.Load(ctx, a.URL("/"), 2, 200, true)
+	assert.Zero(t, res.Failed.Load(), res.String())
+	assert.NotEqual(t, "T", flocktest.ProcState(pid), "worker is stopped")
+	got, err := flocktest.Get(a.URL("/"))
 	require.NoError(t, err)
 	assert.Equal(t, pid, got, "the same worker still serves")
-	assert.Empty(t, a.events("exited"))
+	assert.Empty(t, a.Events("exited"))
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flockhq/flock/internal/flocktest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,39 +21,39 @@ import (
 func TestUSR2UpgradeUnderLoad(t *testing.T) {
 	for _, mode := range loadModes {
 		t.Run(mode.name, func(t *testing.T) {
-			bin := copyTestBinary(t)
+			bin := flocktest.CopyBinary(t)
 			pidFile := filepath.Join(t.TempDir(), "app.pid")
 			a := startAppAt(t, bin, appSpec{Workers: 2, PIDFile: pidFile, InitDelay: 200 * time.Millisecond})
-			old := a.started(2)
-			installBinary(t, bin, "")
-			code, _, _ := a.mon("POST", "/ecv/disable") // the new master keeps this state
+			old := a.Started(2)
+			flocktest.InstallBinary(t, bin, "")
+			code, _, _ := a.Mon("POST", "/ecv/disable") // the new master keeps this state
 			require.Equal(t, 204, code)
 
-			stop := startLoad(a.url("/"), 8, mode.keepAlive)
+			stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
 			time.Sleep(200 * time.Millisecond)
-			a.signal(syscall.SIGUSR2)
-			assert.Equal(t, 0, a.exitCode(20*time.Second), "the old master exits 0 once it has drained")
+			a.Signal(syscall.SIGUSR2)
+			assert.Equal(t, 0, a.ExitCode(20*time.Second), "the old master exits 0 once it has drained")
 			res := stop()
 			t.Log(res)
-			assert.Zero(t, res.failed.Load(), res.String())
+			assert.Zero(t, res.Failed.Load(), res.String())
 
-			up := a.waitFor("the handover", time.Second, func(r rec) bool { return r.str("event") == "upgrade" && r.str("reason") == "handed over" })
-			heir := up.int("new_master")
-			assert.True(t, alive(heir))
+			up := a.WaitFor("the handover", time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "upgrade" && r.Str("reason") == "handed over" })
+			heir := up.Int("new_master")
+			assert.True(t, flocktest.Alive(heir))
 			b, err := os.ReadFile(pidFile)
 			require.NoError(t, err)
 			assert.Equal(t, strconv.Itoa(heir)+"\n", string(b), "the PID file names the new master")
 
-			pid, err := get(a.url("/"))
+			pid, err := flocktest.Get(a.URL("/"))
 			require.NoError(t, err)
 			assert.NotContains(t, old, pid, "new workers serve")
-			code, state := a.ecvState()
+			code, state := ecvState(a)
 			assert.Equal(t, 400, code)
 			assert.Equal(t, "DISABLED", state, "the new master kept the disabled state")
 
 			// The new master is a full master: TERM stops it.
 			require.NoError(t, syscall.Kill(heir, syscall.SIGTERM))
-			require.True(t, poll(10*time.Second, func() bool { return !alive(heir) }))
+			require.True(t, flocktest.Poll(10*time.Second, func() bool { return !flocktest.Alive(heir) }))
 			_, err = os.Stat(pidFile)
 			assert.True(t, os.IsNotExist(err), "the new master removes its PID file")
 		})
@@ -67,31 +68,31 @@ func TestUSR2BrokenBinaryRollsBack(t *testing.T) {
 		{"workers never ready", "#!/bin/sh\nFLOCK_TEST_BREAK=1 exec REAL \"$@\"\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			bin := copyTestBinary(t)
+			bin := flocktest.CopyBinary(t)
 			real := bin + ".real"
 			require.NoError(t, os.Link(bin, real))
 			a := startAppAt(t, bin, appSpec{Workers: 2, UpgradeTimeout: 2 * time.Second})
-			old := a.started(2)
-			installBinary(t, bin, strings.ReplaceAll(tc.script, "REAL", real))
-			stop := startLoad(a.url("/"), 4, false)
-			a.signal(syscall.SIGUSR2)
-			e := a.waitFor("the rollback", 20*time.Second, func(r rec) bool {
-				return r.str("event") == "upgrade" && strings.HasPrefix(r.str("reason"), "failed")
+			old := a.Started(2)
+			flocktest.InstallBinary(t, bin, strings.ReplaceAll(tc.script, "REAL", real))
+			stop := flocktest.StartLoad(a.URL("/"), 4, false)
+			a.Signal(syscall.SIGUSR2)
+			e := a.WaitFor("the rollback", 20*time.Second, func(r flocktest.Rec) bool {
+				return r.Str("event") == "upgrade" && strings.HasPrefix(r.Str("reason"), "failed")
 			})
 			time.Sleep(200 * time.Millisecond)
 			res := stop()
-			t.Log(e.str("reason"), "; ", res)
-			assert.Zero(t, res.failed.Load(), res.String())
+			t.Log(e.Str("reason"), "; ", res)
+			assert.Zero(t, res.Failed.Load(), res.String())
 			for _, pid := range old {
-				assert.True(t, alive(pid))
+				assert.True(t, flocktest.Alive(pid))
 			}
-			code, state := a.ecvState()
+			code, state := ecvState(a)
 			assert.Equal(t, 200, code)
 			assert.Equal(t, "AVAILABLE", state)
 			// And it can still upgrade once the binary is fixed.
-			installBinary(t, bin, "")
-			a.signal(syscall.SIGUSR2)
-			assert.Equal(t, 0, a.exitCode(20*time.Second))
+			flocktest.InstallBinary(t, bin, "")
+			a.Signal(syscall.SIGUSR2)
+			assert.Equal(t, 0, a.ExitCode(20*time.Second))
 		})
 	}
 }
@@ -114,13 +115,13 @@ func TestSdNotify(t *testing.T) {
 		return string(buf[:n])
 	}
 	a := startApp(t, appSpec{Workers: 1})
-	a.started(1)
+	a.Started(1)
 	assert.Equal(t, "READY=1", next())
-	a.signal(syscall.SIGUSR2)
+	a.Signal(syscall.SIGUSR2)
 	assert.Equal(t, "RELOADING=1", next())
 	main := next()
-	up := a.waitFor("the handover", 10*time.Second, func(r rec) bool { return r.str("event") == "upgrade" && r.str("reason") == "handed over" })
-	assert.Equal(t, "MAINPID="+strconv.Itoa(up.int("new_master"))+"\nREADY=1", main)
-	require.NoError(t, syscall.Kill(up.int("new_master"), syscall.SIGTERM))
+	up := a.WaitFor("the handover", 10*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "upgrade" && r.Str("reason") == "handed over" })
+	assert.Equal(t, "MAINPID="+strconv.Itoa(up.Int("new_master"))+"\nREADY=1", main)
+	require.NoError(t, syscall.Kill(up.Int("new_master"), syscall.SIGTERM))
 	assert.Equal(t, "STOPPING=1", next())
 }

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flockhq/flock/internal/flocktest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -48,11 +49,11 @@ func writeCert(t *testing.T) (certFile, keyFile string) {
 func TestTLS(t *testing.T) {
 	cert, key := writeCert(t)
 	a := startApp(t, appSpec{Workers: 2, TLSCert: cert, TLSKey: key})
-	a.started(2)
+	a.Started(2)
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true,
 	}}
-	resp, err := c.Get("https://" + a.addr + "/")
+	resp, err := c.Get("https://" + a.Addr + "/")
 	require.NoError(t, err)
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -60,8 +61,8 @@ func TestTLS(t *testing.T) {
 	assert.True(t, strings.HasPrefix(string(body), "Hello from worker "), string(body))
 
 	// An HTTP/2 connection does not hold up the drain: Shutdown sends GOAWAY.
-	a.signal(syscall.SIGTERM)
-	assert.Equal(t, 0, a.exitCode(10*time.Second))
+	a.Signal(syscall.SIGTERM)
+	assert.Equal(t, 0, a.ExitCode(10*time.Second))
 }
 
 // As root, User runs the workers under another identity.
@@ -70,13 +71,13 @@ func TestWorkersRunAsUser(t *testing.T) {
 		t.Skip("needs root: only root can start workers as another user")
 	}
 	// The test binary must be executable by that user.
-	bin := copyTestBinary(t)
-	a := startAppCmd(t, exec.Command(bin), `{"Addr":"127.0.0.1:0","Workers":1,"User":"nobody"}`)
-	pid := a.started(1)[0]
+	bin := flocktest.CopyBinary(t)
+	a := flocktest.Start(t, exec.Command(bin), envTestApp+"="+`{"Addr":"127.0.0.1:0","Workers":1,"User":"nobody"}`)
+	pid := a.Started(1)[0]
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	require.NoError(t, err)
 	assert.Contains(t, string(status), "\nUid:\t65534\t65534\t65534\t65534\n")
-	got, err := get(a.url("/"))
+	got, err := flocktest.Get(a.URL("/"))
 	require.NoError(t, err)
 	assert.Equal(t, pid, got)
 }

@@ -1,0 +1,375 @@
+// Package flocktest runs flock applications as real process trees for
+// tests: a master in its own process group (killed whole when the test
+// ends), its JSON logs parsed as they come, a bounded load driver, and
+// helpers for signals, sockets and network namespaces. Nothing here mocks
+// the operating system.
+package flocktest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// App is one running master (and its workers) started by a test.
+type App struct {
+	t   *testing.T
+	Cmd *exec.Cmd
+	PID int
+	// Addr and Monitor are the application's and the monitor's addresses,
+	// known once Listening (or Started) has returned.
+	Addr, Monitor string
+	exited        chan struct{}
+
+	mu     sync.Mutex
+	recs   []Rec
+	stderr strings.Builder
+}
+
+// Rec is one JSON log line of the master or a worker.
+type Rec map[string]any
+
+// T is the test the App belongs to.
+func (a *App) T() *testing.T { return a.t }
+
+// Str is the string at k, or "".
+func (r Rec) Str(k string) string { s, _ := r[k].(string); return s }
+
+// Int is the number at k, or 0.
+func (r Rec) Int(k string) int { f, _ := r[k].(float64); return int(f) }
+
+// Start starts cmd, with env added to the environment, as the master of a
+// new process group, and kills the whole group when the test ends,
+// whatever happened. The test fails if any of the processes reports a data
+// race.
+func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
+	t.Helper()
+	cmd.Env = append(os.Environ(), env...)
+	if os.Getenv("GORACE") == "" {
+		// Race-enabled binaries sleep 1 s at exit by default; every worker
+		// exit would cost that. Races in the children still fail the test
+		// (see the cleanup below).
+		cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=20")
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	cmd.Stderr = w
+	require.NoError(t, cmd.Start())
+	w.Close()
+	a := &App{t: t, Cmd: cmd, PID: cmd.Process.Pid, exited: make(chan struct{})}
+	go a.read(r)
+	go func() { cmd.Wait(); close(a.exited) }()
+	t.Cleanup(func() {
+		// The process group holds the master, its workers, and any new
+		// master a USR2 started with its own workers.
+		syscall.Kill(-a.PID, syscall.SIGKILL)
+		<-a.exited
+		if races := a.Find(func(r Rec) bool { return strings.Contains(r.Str("msg"), "WARNING: DATA RACE") }); len(races) > 0 {
+			t.Errorf("the application's processes reported %d data races", len(races))
+		}
+		if t.Failed() || os.Getenv("FLOCK_TEST_LOGS") != "" {
+			a.mu.Lock()
+			t.Logf("output of the application:\n%s", a.stderr.String())
+			a.mu.Unlock()
+		}
+	})
+	return a
+}
+
+func (a *App) read(r io.ReadCloser) {
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		var v Rec
+		if json.Unmarshal([]byte(line), &v) != nil {
+			v = Rec{"msg": line, "raw": true}
+		}
+		a.mu.Lock()
+		a.recs = append(a.recs, v)
+		a.stderr.WriteString(line + "\n")
+		a.mu.Unlock()
+	}
+}
+
+// started waits until the master listens and n workers are ready, and
+// returns their pids.
+func (a *App) Started(n int) []int {
+	a.t.Helper()
+	a.Listening()
+	a.WaitUntil(fmt.Sprintf("%d workers ready", n), 20*time.Second, func() bool { return len(a.Events("ready")) >= n })
+	var pids []int
+	for _, r := range a.Events("ready") {
+		pids = append(pids, r.Int("pid"))
+	}
+	return pids
+}
+
+// listening waits until the master has bound its sockets.
+func (a *App) Listening() {
+	a.t.Helper()
+	l := a.WaitFor("listening", 10*time.Second, func(r Rec) bool { return r.Str("event") == "listening" })
+	a.Addr, a.Monitor = l.Str("addr"), l.Str("monitor")
+}
+
+func (a *App) Events(kind string) []Rec {
+	return a.Find(func(r Rec) bool { return r.Str("event") == kind })
+}
+
+func (a *App) Find(match func(Rec) bool) []Rec {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []Rec
+	for _, r := range a.recs {
+		if match(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// waitFor polls the logs for the first record that matches.
+func (a *App) WaitFor(what string, d time.Duration, match func(Rec) bool) Rec {
+	a.t.Helper()
+	var found Rec
+	a.WaitUntil(what, d, func() bool {
+		if rs := a.Find(match); len(rs) > 0 {
+			found = rs[0]
+			return true
+		}
+		return false
+	})
+	return found
+}
+
+func (a *App) WaitUntil(what string, d time.Duration, cond func() bool) {
+	a.t.Helper()
+	require.True(a.t, Poll(d, cond), "timed out after %v waiting for %s", d, what)
+}
+
+// poll checks cond every 10 ms until it holds or d has passed.
+func Poll(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (a *App) Signal(sig syscall.Signal) {
+	a.t.Helper()
+	require.NoError(a.t, syscall.Kill(a.PID, sig))
+}
+
+// exitCode waits for the master to exit and returns its status.
+func (a *App) ExitCode(d time.Duration) int {
+	a.t.Helper()
+	select {
+	case <-a.exited:
+		return a.Cmd.ProcessState.ExitCode()
+	case <-time.After(d):
+		require.FailNow(a.t, "master still running", "after %v", d)
+		return 0
+	}
+}
+
+func (a *App) URL(path string) string { return "http://" + a.Addr + path }
+
+// mon sends a request to the monitor and returns the status and body.
+func (a *App) Mon(method, path string) (int, string, http.Header) {
+	a.t.Helper()
+	req, err := http.NewRequest(method, "http://"+a.Monitor+path, nil)
+	require.NoError(a.t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(a.t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(a.t, err)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+// get makes one request on a fresh connection.
+func Get(url string) (pid int, err error) {
+	c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if _, err := io.ReadAll(resp.Body); err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != 200 {
+		return 0, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return strconv.Atoi(resp.Header.Get("X-Worker-Pid"))
+}
+
+// alive reports whether pid is a running (not zombie) process.
+func Alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && len(s) > i+2 && s[i+2] != 'Z'
+}
+
+// procState is the one-letter state in /proc/pid/stat (R, S, T, Z…).
+func ProcState(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i > 0 && len(s) > i+2 {
+		return s[i+2 : i+3]
+	}
+	return ""
+}
+
+// startLoad runs load in the background until the returned function is
+// called (or a minute has passed), and returns what it counted.
+func StartLoad(url string, clients int, keepAlive bool) func() *LoadResult {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	done := make(chan *LoadResult)
+	go func() { done <- Load(ctx, url, clients, 1_000_000, keepAlive) }()
+	return func() *LoadResult { cancel(); return <-done }
+}
+
+// copyTestBinary copies the test binary into a fresh directory everyone may
+// read, and returns its path: a test can then replace the file as a deploy
+// would.
+func CopyBinary(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "flock-bin-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	bin := dir + "/app"
+	InstallBinary(t, bin, "")
+	return bin
+}
+
+// installBinary puts a new file at path, by rename as a deploy does: a
+// fresh copy of the test binary, or, when script is set, that shell script.
+func InstallBinary(t *testing.T, path, script string) {
+	t.Helper()
+	data := []byte(script)
+	if script == "" {
+		var err error
+		data, err = os.ReadFile(os.Args[0])
+		require.NoError(t, err)
+	}
+	require.NoError(t, os.WriteFile(path+".new", data, 0o755))
+	require.NoError(t, os.Rename(path+".new", path))
+}
+
+// LoadResult counts what a load run saw.
+type LoadResult struct {
+	OK, Failed atomic.Int64
+	mu         sync.Mutex
+	firstErrs  []string
+}
+
+func (l *LoadResult) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprintf("%d ok, %d failed %v", l.OK.Load(), l.Failed.Load(), l.firstErrs)
+}
+
+// load runs clients goroutines sending GET requests to url until ctx ends
+// or maxRequests have been sent. keepAlive chooses between reusing
+// connections and opening a new one per request.
+func Load(ctx context.Context, url string, clients, maxRequests int, keepAlive bool) *LoadResult {
+	res := &LoadResult{}
+	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: clients}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil && sent.Add(1) <= int64(maxRequests) {
+				resp, err := c.Get(url)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err == nil && resp.StatusCode != 200 {
+						err = fmt.Errorf("status %d", resp.StatusCode)
+					}
+				}
+				if err != nil {
+					res.Failed.Add(1)
+					res.mu.Lock()
+					if len(res.firstErrs) < 5 {
+						res.firstErrs = append(res.firstErrs, err.Error())
+					}
+					res.mu.Unlock()
+					continue
+				}
+				res.OK.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// inNetns runs the calling test again inside a new network namespace (with
+// lo up, then setup run as shell) and reports whether the caller is already
+// there. Outside, it fails the test if the run inside failed, and skips when
+// namespaces cannot be made here.
+func InNetns(t *testing.T, setup string) bool {
+	t.Helper()
+	if os.Getenv("FLOCK_NETNS") == t.Name() {
+		return true
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a network namespace")
+	}
+	script := "ip link set lo up && " + setup + ` && exec "$0" -test.run='^` + regexp.QuoteMeta(t.Name()) + `$' -test.v -test.count=1`
+	cmd := exec.Command("unshare", "-n", "--", "sh", "-c", script, os.Args[0])
+	cmd.Env = append(os.Environ(), "FLOCK_NETNS="+t.Name())
+	out, err := cmd.CombinedOutput()
+	if err != nil && regexp.MustCompile(`unshare failed|Operation not permitted|not found`).Match(out) && !regexp.MustCompile(`--- FAIL`).Match(out) {
+		t.Skipf("cannot make a network namespace here: %s", out)
+	}
+	if err != nil {
+		t.Errorf("inside the network namespace: %v\n%s", err, out)
+	} else {
+		t.Logf("inside the network namespace:\n%s", out)
+	}
+	return false
+}
+
+// freePort returns a loopback address nobody listens on right now.
+func FreePort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
