@@ -1,0 +1,337 @@
+package command
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/internal/flocktest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The test binary re-executes itself as a flock application with the
+// command surface (see flocktest): TestMain runs the app when
+// FLOCK_TEST_CMD_APP is set.
+const envApp = "FLOCK_TEST_CMD_APP"
+
+const key = "s3cret"
+
+// slowBoot: when this file exists, new workers take 10 s to get ready.
+var slowBoot = os.TempDir() + "/flock-command-test-slow-" + strconv.Itoa(os.Getpid())
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(envApp); spec != "" {
+		os.Exit(runApp(spec))
+	}
+	code := m.Run()
+	os.Remove(slowBoot)
+	os.Exit(code)
+}
+
+type appSpec struct {
+	Workers     int
+	SlowFile    string
+	CommandAddr string
+}
+
+func runApp(js string) int {
+	var s appSpec
+	json.Unmarshal([]byte(js), &s)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	pid := strconv.Itoa(os.Getpid())
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Worker-Pid", pid)
+		fmt.Fprintln(w, "Hello from worker", pid)
+	})
+	surface := New(Options{
+		Addr: cmp.Or(s.CommandAddr, "127.0.0.1:0"),
+		Commands: []Command{
+			{Name: "greet", Usage: "name", Help: "say hello", Run: func(_ context.Context, _ *flock.Controller, args []any) (any, error) {
+				if len(args) != 1 {
+					return nil, errUsage
+				}
+				return fmt.Sprintf("hello %v", args[0]), nil
+			}},
+			{Name: "version", Help: "overridden", Run: func(context.Context, *flock.Controller, []any) (any, error) { return "custom version", nil }},
+			{Name: "start"}, // disabled
+		},
+		Levels: map[string]Level{"info": Local},
+		OnWorker: func(e WorkerEvent) {
+			log.Info("worker event", "event", "worker-event", "kind", e.Kind, "pid", e.PID, "reason", e.Reason)
+		},
+	})
+	err := flock.Serve(h, flock.Options{
+		Addr: "127.0.0.1:0", Workers: s.Workers, AccessKey: key, Logger: log,
+		Extensions: []flock.Extension{surface},
+		Init: func() error {
+			if _, err := os.Stat(s.SlowFile); err == nil {
+				time.Sleep(10 * time.Second)
+			}
+			return nil
+		},
+	})
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flock.ErrInterrupted):
+		return 130
+	default:
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+}
+
+// cmdApp is a running application with its command endpoint.
+type cmdApp struct {
+	*flocktest.App
+	endpoint string
+}
+
+func startApp(t *testing.T, workers int) *cmdApp {
+	js, _ := json.Marshal(appSpec{Workers: workers, SlowFile: slowBoot})
+	a := flocktest.Start(t, exec.Command(os.Args[0]), envApp+"="+string(js))
+	a.Started(workers)
+	ep := a.WaitFor("the command endpoint", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "command: endpoint listening" })
+	return &cmdApp{a, ep.Str("addr")}
+}
+
+// call posts a command line and returns the status and body.
+func (a *cmdApp) call(line string, opts ...func(*http.Request)) (int, string, http.Header) {
+	t := a.T()
+	t.Helper()
+	req, err := http.NewRequest("POST", "http://"+a.endpoint+"/cli?cmd="+url.QueryEscape(line), nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+key)
+	for _, o := range opts {
+		o(req)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, strings.TrimSpace(string(b)), resp.Header
+}
+
+func TestStatusCodes(t *testing.T) {
+	a := startApp(t, 1)
+	noAuth := func(r *http.Request) { r.Header.Del("Authorization") }
+	do := func(method, path string) (int, string) {
+		req, _ := http.NewRequest(method, "http://"+a.endpoint+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+
+	code, body, h := a.call("health")
+	assert.Equal(t, 200, code)
+	assert.Equal(t, `"OK"`, body, "a string result is a JSON string")
+	assert.Equal(t, "text/json; charset=UTF-8", h.Get("Content-Type"))
+
+	code, body = do("POST", "/cli?cmd=health&accessKey="+key)
+	assert.Equal(t, 200, code, "the key as a query parameter")
+	assert.Equal(t, `"OK"`, body)
+
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		body         string
+	}{
+		{"POST", "/other", 404, "Page Not Found"},
+		{"GET", "/cli?cmd=health&accessKey=" + key, 405, "Method Not Allowed"},
+		{"POST", "/cli?cmd=health", 401, "Not authorized"},
+		{"POST", "/cli?cmd=health&accessKey=wrong", 401, "Not authorized"},
+		{"POST", "/cli?cmd=" + strings.Repeat("x", 20000) + "&accessKey=" + key, 400, "command line too long: 20000 bytes (at most 16384)"},
+	} {
+		code, body := do(tc.method, tc.path)
+		assert.Equal(t, tc.code, code, "%s %.40s", tc.method, tc.path)
+		assert.Equal(t, tc.body, body, "%s %.40s", tc.method, tc.path)
+	}
+	code, body, _ = a.call("health", noAuth)
+	assert.Equal(t, 401, code)
+	assert.Equal(t, "Not authorized", body)
+
+	code, body, _ = a.call("bogus")
+	assert.Equal(t, 404, code)
+	assert.Equal(t, "Not found. Try /help", body)
+	code, body, _ = a.call("start 2")
+	assert.Equal(t, 404, code, "a disabled command is unknown")
+	assert.Equal(t, "Not found. Try /help", body)
+
+	for line, want := range map[string]string{
+		"restart GG":               `usage: restart all|pid [{"timeout":ms}]`,
+		"restart":                  `usage: restart all|pid [{"timeout":ms}]`,
+		`restart all {"wait":1}`:   `usage: restart all|pid [{"timeout":ms}] (the options are {"timeout": milliseconds})`,
+		"restart 999999":           "no worker with pid 999999",
+		"shutdown 999999":          "no worker with pid 999999",
+		"exit later":               "usage: exit now",
+		"greet":                    "usage: greet name",
+		`restart "unterminated`:    `unterminated quoted string: "unterminated`,
+		"upgrade all /nonexisting": "upgrade: stat /nonexisting: no such file or directory",
+	} {
+		code, body, _ := a.call(line)
+		assert.Equal(t, 400, code, line)
+		assert.Equal(t, want, body, line)
+	}
+	assert.Len(t, a.Events("exited"), 0, "bad commands changed nothing")
+}
+
+func TestCommands(t *testing.T) {
+	a := startApp(t, 2)
+	first := a.Started(2)
+	ok := func(line string) string {
+		t.Helper()
+		code, body, _ := a.call(line)
+		require.Equal(t, 200, code, "%s: %s", line, body)
+		return body
+	}
+	assert.Equal(t, `"hello world"`, ok("greet world"), "a custom command")
+	assert.Equal(t, `"custom version"`, ok("version"), "an overridden built-in")
+
+	var help map[string]string
+	require.NoError(t, json.Unmarshal([]byte(ok("help")), &help))
+	assert.Contains(t, help, "greet")
+	assert.NotContains(t, help, "start", "disabled")
+	assert.Contains(t, ok("help restart"), `restart all|pid [{\"timeout\":ms}]`)
+
+	var info map[string]any
+	require.NoError(t, json.Unmarshal([]byte(ok("info")), &info))
+	assert.Equal(t, float64(a.PID), info["pid"])
+	assert.Equal(t, "AVAILABLE", info["ecv"])
+	assert.Equal(t, 2.0, info["workers"])
+
+	var ws []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(ok("workers")), &ws))
+	require.Len(t, ws, 2)
+	for _, w := range ws {
+		for _, k := range []string{"pid", "slot", "state", "started", "uptime", "requests", "rss"} {
+			assert.Contains(t, w, k)
+		}
+		assert.Contains(t, first, int(w["pid"].(float64)))
+	}
+
+	assert.Equal(t, `"2 workers restarted successfully"`, ok("restart all"))
+	assert.Equal(t, `"1 workers restarted successfully"`, ok(fmt.Sprintf(`restart %d {"timeout":5000}`, a.Started(4)[2])))
+	exe, _ := os.Executable()
+	assert.Equal(t, `"2 workers upgraded successfully"`, ok("upgrade all "+exe))
+	require.NoError(t, json.Unmarshal([]byte(ok("workers")), &ws))
+	var now []int // the old ones may still be draining ("stopping")
+	for _, w := range ws {
+		if w["state"] == "ready" {
+			now = append(now, int(w["pid"].(float64)))
+		}
+	}
+	require.Len(t, now, 2)
+	assert.Equal(t, `"1 workers shut down"`, ok(fmt.Sprintf("shutdown %d", now[0])))
+	code, body, _ := a.call(fmt.Sprintf("shutdown %d", now[1]))
+	assert.Equal(t, 400, code)
+	assert.Contains(t, body, "that would stop every worker")
+
+	// workerStart / workerExit reach the application.
+	events := func(kind, reason string) int {
+		return len(a.Find(func(r flocktest.Rec) bool { return r.Str("kind") == kind && r.Str("reason") == reason }))
+	}
+	assert.Equal(t, 2, events("workerStart", "start"))
+	assert.Equal(t, 3, events("workerStart", "restart"))
+	assert.Equal(t, 3, events("workerExit", "restart"))
+	assert.Equal(t, 2, events("workerStart", "upgrade"))
+	assert.Equal(t, 1, events("workerExit", "scale"))
+
+	assert.Equal(t, `"exiting"`, ok("exit now"))
+	assert.Equal(t, 130, a.ExitCode(10*time.Second))
+}
+
+func TestShutdownAll(t *testing.T) {
+	a := startApp(t, 2)
+	code, body, _ := a.call(`shutdown all {"timeout":5000}`)
+	assert.Equal(t, 200, code)
+	assert.Equal(t, `"shutting down"`, body)
+	assert.Equal(t, 0, a.ExitCode(10*time.Second))
+}
+
+// restart all under load: no request fails.
+func TestRestartUnderLoad(t *testing.T) {
+	a := startApp(t, 4)
+	stop := flocktest.StartLoad(a.URL("/"), 8, false)
+	time.Sleep(200 * time.Millisecond)
+	code, body, _ := a.call("restart all")
+	res := stop()
+	assert.Equal(t, 200, code, body)
+	assert.Equal(t, `"4 workers restarted successfully"`, body)
+	assert.Zero(t, res.Failed.Load(), res.String())
+}
+
+// A replacement that is not ready within the timeout stops the restart,
+// and the old workers keep serving.
+func TestRestartTimeout(t *testing.T) {
+	a := startApp(t, 2)
+	old := a.Started(2)
+	require.NoError(t, os.WriteFile(slowBoot, nil, 0o644))
+	defer os.Remove(slowBoot)
+	start := time.Now()
+	code, body, _ := a.call(`restart all {"timeout":300}`)
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.Equal(t, 400, code)
+	assert.Contains(t, body, "timed out: 0 workers restarted before")
+	for _, pid := range old {
+		assert.True(t, flocktest.Alive(pid), "old worker %d stopped", pid)
+	}
+	pid, err := flocktest.Get(a.URL("/"))
+	require.NoError(t, err)
+	assert.Contains(t, old, pid)
+}
+
+// From a caller that is not on loopback, commands above Remote are refused
+// (shutdown and exit by default, info by the application's override). The
+// test runs in a network namespace of its own with a TEST-NET address on
+// its lo, so no traffic leaves it.
+func TestLevelsFromNonLoopback(t *testing.T) {
+	const ip = "192.0.2.1"
+	if !flocktest.InNetns(t, "ip addr add "+ip+"/32 dev lo") {
+		return
+	}
+	js, _ := json.Marshal(appSpec{Workers: 1, CommandAddr: "0.0.0.0:0"})
+	app := flocktest.Start(t, exec.Command(os.Args[0]), envApp+"="+string(js))
+	app.Started(1)
+	ep := app.WaitFor("the command endpoint", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "command: endpoint listening" })
+	_, port, _ := net.SplitHostPort(ep.Str("addr"))
+	remote := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext}}
+	call := func(c *http.Client, host, line string) (int, string) {
+		req, _ := http.NewRequest("POST", "http://"+net.JoinHostPort(host, port)+"/cli?cmd="+url.QueryEscape(line), nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	code, _ := call(remote, ip, "health")
+	assert.Equal(t, 200, code, "a Remote command from a remote caller")
+	for _, line := range []string{"shutdown all", "exit now", "info"} {
+		code, body := call(remote, ip, line)
+		assert.Equal(t, 401, code, line)
+		assert.Equal(t, fmt.Sprintf("Not authorized to execute '%s' remotely", strings.Fields(line)[0]), body)
+	}
+	code, _ = call(http.DefaultClient, "::1", "info")
+	assert.Equal(t, 200, code, "IPv6 loopback is local")
+	code, _ = call(http.DefaultClient, "127.0.0.1", "info")
+	assert.Equal(t, 200, code, "IPv4 loopback is local")
+	assert.Empty(t, app.Events("shutdown"), "nothing was shut down")
+}
