@@ -162,7 +162,7 @@ func (c *Controller) StopWorkers(pids []int, timeout time.Duration) error {
 			exited = append(exited, ch)
 			s.w.onExit = append(s.w.onExit, func() { close(ch) })
 			s.removing = true
-			s.closeSocket()
+			m.retireSocket(s)
 			m.stopWorker(s.w, ReasonScaleDown, cmp0(timeout, m.c.ShutdownTimeout))
 		}
 		m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})

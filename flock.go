@@ -245,6 +245,7 @@ const (
 	ReasonRestart     = "restart"      // replaced by a rolling restart (HUP)
 	ReasonRecycle     = "recycle"      // replaced after MaxRequests, MaxMemory or MaxUptime
 	ReasonUpgrade     = "upgrade"      // drained after a new master took over (USR2)
+	ReasonAdopt       = "adopt"        // replaced by one that also serves a removed worker's socket (TTOU)
 	ReasonTimeout     = "timeout"      // killed: did not answer the heartbeat within Timeout
 	ReasonBootTimeout = "boot-timeout" // killed: not ready within BootTimeout
 )
@@ -281,6 +282,7 @@ var ErrInterrupted = errors.New("flock: interrupted by SIGINT")
 const (
 	envWorker    = "FLOCK_WORKER"     // the worker's slot number
 	envMasterPID = "FLOCK_MASTER_PID" // so a worker can tell its master is gone
+	envSpares    = "FLOCK_SPARES"     // how many spare sockets follow fd 4
 )
 
 // Exit status of a worker whose Init failed or that could not start serving.

@@ -48,6 +48,7 @@ type master struct {
 	announced   bool     // READY=1 sent to systemd
 	mon         *monitor
 	memCheck    *time.Timer
+	spares      []*os.File          // sockets of removed slots, kept open (see retireSocket)
 	stopTimeout time.Duration       // ShutdownTimeout, or what a command asked for
 	inh         *inherited          // what an old master handed down (USR2)
 	extFiles    map[string]*os.File // extensions' listeners, to hand down on USR2
@@ -93,6 +94,7 @@ type worker struct {
 	ready       bool
 	stopReason  string      // set when the master asks it to go
 	onExit      []func()    // called when it has exited
+	spares      []*os.File  // the spare sockets it accepts on too
 	timer       *time.Timer // boot timeout, then heartbeat deadline
 	kill        *time.Timer // after stopWorker: ShutdownTimeout
 	uptime      *time.Timer // MaxUptime
@@ -182,8 +184,8 @@ func runMaster(c *config) error {
 	defer stop()
 
 	m.emit(Event{Kind: EventListening, Addr: m.listenAddr(), Monitor: m.mon.addr()})
-	if migrate, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req"); strings.TrimSpace(string(migrate)) == "0" {
-		m.log.Info("flock: hint: net.ipv4.tcp_migrate_req is 0, so TTOU resets the connections still queued on the removed worker's socket; sysctl -w net.ipv4.tcp_migrate_req=1 hands them to the other workers")
+	if !migrating() {
+		m.log.Info("flock: hint: net.ipv4.tcp_migrate_req is 0, so TTOU keeps each removed worker's socket open as a spare (and replaces one worker to serve it) instead of closing it; sysctl -w net.ipv4.tcp_migrate_req=1 lets the kernel hand its queue over and the socket close")
 	}
 	for _, s := range m.slots {
 		m.fork(s, ReasonStart)
@@ -339,9 +341,14 @@ func (m *master) bindAll() error {
 }
 
 func (m *master) newSlot() (*slot, error) {
-	f, err := m.bind()
-	if err != nil {
-		return nil, err
+	var f *os.File
+	if n := len(m.spares); n > 0 { // reuse a removed slot's socket
+		f, m.spares = m.spares[n-1], m.spares[:n-1]
+	} else {
+		var err error
+		if f, err = m.bind(); err != nil {
+			return nil, err
+		}
 	}
 	s := &slot{id: m.next, sock: f}
 	m.next++
@@ -366,6 +373,59 @@ func (m *master) closeSockets() {
 	for _, s := range m.slots {
 		s.closeSocket()
 	}
+	for _, f := range m.spares {
+		f.Close()
+	}
+	m.spares = nil
+}
+
+// retireSocket takes a removed slot's socket out of service. With
+// net.ipv4.tcp_migrate_req=1 closing it loses nothing: the kernel hands
+// what is queued on it to the port's other sockets. Without, closing would
+// reset those connections, so the master keeps the socket open as a spare,
+// queue and all: every worker started from now on accepts on the spares
+// too, and if no running worker has them all, one is replaced (readiness-
+// gated) to take them over. A later TTIN reuses a spare as its socket.
+func (m *master) retireSocket(s *slot) {
+	if s.sock == nil {
+		return
+	}
+	if migrating() {
+		s.closeSocket()
+		return
+	}
+	m.spares = append(m.spares, s.sock)
+	s.sock = nil
+	m.adoptSpares()
+}
+
+// adoptSpares makes sure some running worker accepts on every spare.
+func (m *master) adoptSpares() {
+	if len(m.spares) == 0 || m.roll != nil || len(m.pending) > 0 || m.state != running {
+		return // a roll under way starts its workers with every spare
+	}
+	var pick *slot
+	for _, s := range m.slots {
+		w := s.w
+		if s.removing || w == nil || w.stopReason != "" || s.next != nil {
+			continue
+		}
+		if !slices.ContainsFunc(m.spares, func(f *os.File) bool { return !slices.Contains(w.spares, f) }) {
+			return // w has them all
+		}
+		if pick == nil {
+			pick = s
+		}
+	}
+	if pick != nil {
+		m.startRoll(&roll{reason: ReasonAdopt, exe: m.exe, queue: []*slot{pick}, expect: pick.w, width: 1, quiet: true})
+	}
+}
+
+// migrating reports whether net.ipv4.tcp_migrate_req is on.
+func migrating() bool {
+	b, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+	return strings.TrimSpace(string(b)) == "1"
 }
 
 func (s *slot) closeSocket() {
@@ -411,10 +471,7 @@ func (m *master) removeSlot() {
 		m.dropSlot(victim)
 		return
 	}
-	// The worker's copy keeps the socket open until it has stopped
-	// accepting; then the last close resets (or, with
-	// net.ipv4.tcp_migrate_req=1, migrates) what is still queued.
-	victim.closeSocket()
+	m.retireSocket(victim)
 	for _, w := range []*worker{victim.w, victim.next} {
 		if w != nil {
 			m.stopWorker(w, ReasonScaleDown, m.c.ShutdownTimeout)
@@ -426,7 +483,7 @@ func (m *master) dropSlot(s *slot) {
 	if s.restart != nil {
 		s.restart.Stop()
 	}
-	s.closeSocket()
+	m.retireSocket(s)
 	m.slots = slices.DeleteFunc(m.slots, func(x *slot) bool { return x == s })
 }
 
@@ -565,7 +622,7 @@ func (m *master) startWorker(s *slot, exe string, boot time.Duration) (*worker, 
 	cmd.Args[0] = os.Args[0]
 	cmd.Env = m.workerEnv(s)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{s.sock, theirs} // fd 3 and fd 4
+	cmd.ExtraFiles = append([]*os.File{s.sock, theirs}, m.spares...) // fd 3, fd 4, then spares
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if m.c.uid != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: *m.c.uid, Gid: *m.c.gid}
@@ -576,7 +633,7 @@ func (m *master) startWorker(s *slot, exe string, boot time.Duration) (*worker, 
 	}
 	m.seq++
 	now := time.Now()
-	w := &worker{pid: cmd.Process.Pid, seq: m.seq, slot: s, cmd: cmd, ctrl: mine, started: now, lastSeen: now}
+	w := &worker{pid: cmd.Process.Pid, seq: m.seq, slot: s, cmd: cmd, ctrl: mine, started: now, lastSeen: now, spares: slices.Clone(m.spares)}
 	if n := int64(m.c.MaxRequests); n > 0 {
 		// Jitter (up to 10 %) keeps workers started together from
 		// recycling together.
@@ -605,7 +662,8 @@ func (m *master) startWorker(s *slot, exe string, boot time.Duration) (*worker, 
 }
 
 func (m *master) workerEnv(s *slot) []string {
-	env := append(ownEnvRemoved(), envWorker+"="+strconv.Itoa(s.id), envMasterPID+"="+strconv.Itoa(os.Getpid()))
+	env := append(ownEnvRemoved(), envWorker+"="+strconv.Itoa(s.id), envMasterPID+"="+strconv.Itoa(os.Getpid()),
+		envSpares+"="+strconv.Itoa(len(m.spares)))
 	procs := m.c.WorkerGOMAXPROCS
 	if procs == 0 {
 		if _, set := os.LookupEnv("GOMAXPROCS"); set {
@@ -622,7 +680,7 @@ func (m *master) workerEnv(s *slot) []string {
 func ownEnvRemoved() []string {
 	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		name, _, _ := strings.Cut(kv, "=")
-		return name == envWorker || name == envMasterPID || name == envUpgrade
+		return name == envWorker || name == envMasterPID || name == envUpgrade || name == envSpares
 	})
 }
 

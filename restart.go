@@ -18,6 +18,7 @@ type roll struct {
 	queue    []*slot       // slots still to replace
 	expect   *worker       // recycling: replace only if this is still the slot's worker
 	boot     time.Duration // each replacement's boot timeout; 0 means BootTimeout
+	quiet    bool          // recycling and spare adoption: no roll events, no sd_notify
 	width    int           // replacements at once
 	active   int
 	replaced int
@@ -63,7 +64,7 @@ func (m *master) recycle(w *worker, why string) {
 	}
 	w.recycling = true
 	m.log.Info("flock: recycling worker", "pid", w.pid, "slot", w.slot.id, "why", why)
-	m.startRoll(&roll{reason: ReasonRecycle, exe: m.exe, queue: []*slot{w.slot}, expect: w, width: 1})
+	m.startRoll(&roll{reason: ReasonRecycle, exe: m.exe, queue: []*slot{w.slot}, expect: w, width: 1, quiet: true})
 }
 
 func (m *master) startRoll(r *roll) {
@@ -73,7 +74,7 @@ func (m *master) startRoll(r *roll) {
 	}
 	r.began = time.Now()
 	m.roll = r
-	if r.reason != ReasonRecycle {
+	if !r.quiet {
 		sdNotify("RELOADING=1")
 		m.emit(Event{Kind: EventRoll, Reason: "began", Workers: len(r.queue)})
 	}
@@ -105,7 +106,7 @@ func (m *master) rollMore() {
 		return
 	}
 	m.roll = nil
-	if r.err == nil && r.reason != ReasonRecycle {
+	if r.err == nil && !r.quiet {
 		m.exe = r.exe // crashed workers are re-forked from the new binary too
 	}
 	m.finishRoll(r)
@@ -114,10 +115,11 @@ func (m *master) rollMore() {
 		m.pending = m.pending[1:]
 		m.startRoll(next)
 	}
+	m.adoptSpares()
 }
 
 func (m *master) finishRoll(r *roll) {
-	if r.reason != ReasonRecycle {
+	if !r.quiet {
 		if r.err != nil {
 			m.log.Error("flock: rolling restart stopped", "replaced", r.replaced, "err", r.err)
 			m.emit(Event{Kind: EventRoll, Reason: "failed: " + r.err.Error(), Workers: r.replaced})

@@ -110,27 +110,47 @@ func TestTTINUnderLoad(t *testing.T) {
 	}
 }
 
-// TTOU with net.ipv4.tcp_migrate_req=1 (set in a network namespace of the
-// test's own) loses nothing: the kernel hands what was queued on the
-// removed worker's socket to the others.
-func TestTTOUUnderLoadWithMigration(t *testing.T) {
-	if !flocktest.InNetns(t, "sysctl -qw net.ipv4.tcp_migrate_req=1") {
-		return
-	}
-	for _, mode := range loadModes {
-		t.Run(mode.name, func(t *testing.T) {
-			a := startApp(t, appSpec{Workers: 4})
-			a.Started(4)
-			stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
-			time.Sleep(200 * time.Millisecond)
-			for range 3 {
-				a.Signal(syscall.SIGTTOU)
-				time.Sleep(100 * time.Millisecond)
+// TTOU under load loses nothing, with net.ipv4.tcp_migrate_req on (the
+// kernel hands the removed socket's queue over) and off (the master keeps
+// the socket open as a spare and replaces one worker to serve it). Each
+// runs in a network namespace of the test's own, where the sysctl is set.
+// A TTIN afterwards (which reuses a spare) and the shutdown lose nothing
+// either.
+func TestTTOUUnderLoad(t *testing.T) {
+	for _, migrate := range []string{"0", "1"} {
+		t.Run("tcp_migrate_req="+migrate, func(t *testing.T) {
+			if !flocktest.InNetns(t, "sysctl -qw net.ipv4.tcp_migrate_req="+migrate) {
+				return
 			}
-			a.WaitUntil("3 workers gone", 10*time.Second, func() bool { return len(a.Events("exited")) == 3 })
-			time.Sleep(300 * time.Millisecond)
-			res := stop()
-			assert.Zero(t, res.Failed.Load(), res.String())
+			for _, mode := range loadModes {
+				a := startApp(t, appSpec{Workers: 4})
+				a.Started(4)
+				stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
+				time.Sleep(200 * time.Millisecond)
+				for range 3 {
+					a.Signal(syscall.SIGTTOU)
+					time.Sleep(100 * time.Millisecond)
+				}
+				a.WaitUntil("3 workers gone", 10*time.Second, func() bool {
+					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("reason") == ReasonScaleDown })) == 3
+				})
+				a.Signal(syscall.SIGTTIN)
+				a.WaitUntil("the new worker", 10*time.Second, func() bool {
+					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == ReasonScale })) == 1
+				})
+				time.Sleep(300 * time.Millisecond)
+				res := stop()
+				t.Logf("%s: %s", mode.name, res)
+				assert.Zero(t, res.Failed.Load(), "%s: %s", mode.name, res)
+				adopted := len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == ReasonAdopt }))
+				if migrate == "1" {
+					assert.Zero(t, adopted, "with migration the socket just closes")
+				} else {
+					assert.Positive(t, adopted, "without migration a worker takes the spares over")
+				}
+				a.Signal(syscall.SIGTERM)
+				assert.Equal(t, 0, a.ExitCode(10*time.Second))
+			}
 		})
 	}
 }

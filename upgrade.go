@@ -30,11 +30,13 @@ const envUpgrade = "FLOCK_UPGRADE"
 
 // upgradeSpec tells the new master what it inherits; the files follow in
 // this order from fd 3: the pipe to the old master, the monitor's listener
-// (when Monitor), one socket per slot, then the extensions' listeners.
+// (when Monitor), one socket per slot, the spares, then the extensions'
+// listeners.
 type upgradeSpec struct {
 	Slots     int      `json:"slots"`
 	Monitor   bool     `json:"monitor"`
 	Disabled  bool     `json:"disabled"`
+	Spares    int      `json:"spares"`    // spare sockets, after the slots
 	Listeners []string `json:"listeners"` // extensions' listeners, by name, after the slots
 }
 
@@ -54,6 +56,7 @@ type inherited struct {
 	pipe      *os.File
 	monitor   *os.File
 	slots     []*os.File
+	spares    []*os.File
 	listeners map[string]*os.File
 }
 
@@ -106,6 +109,8 @@ func (m *master) upgradeTo(exe string, done func(error)) {
 		}
 		files = append(files, s.sock)
 	}
+	spec.Spares = len(m.spares)
+	files = append(files, m.spares...)
 	for _, name := range slices.Sorted(maps.Keys(m.extFiles)) {
 		spec.Listeners = append(spec.Listeners, name)
 		files = append(files, m.extFiles[name])
@@ -225,6 +230,9 @@ func inheritance() (*inherited, error) {
 	for range inh.Slots {
 		inh.slots = append(inh.slots, next("flock-slot"))
 	}
+	for range inh.Spares {
+		inh.spares = append(inh.spares, next("flock-spare"))
+	}
 	inh.listeners = map[string]*os.File{}
 	for _, name := range inh.Listeners {
 		inh.listeners[name] = next("flock-" + name)
@@ -259,6 +267,7 @@ func (m *master) adopt(inh *inherited) error {
 	if m.ip.IsUnspecified() {
 		m.ip = nil
 	}
+	m.spares = inh.spares
 	m.disabled = inh.Disabled
 	m.heir = inh.pipe
 	return nil

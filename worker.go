@@ -60,10 +60,23 @@ func runWorker(h http.Handler, c *config) error {
 	if err := unix.Listen(fdListener, backlog()); err != nil {
 		fail("listen", err)
 	}
-	ln, err := net.FileListener(sock)
-	sock.Close()
+	first, err := net.FileListener(sock)
 	if err != nil {
 		fail("listener", err)
+	}
+	sock.Close()
+	lns := []net.Listener{first}
+	// Spares: sockets of removed slots the master keeps open; this worker
+	// accepts on them too (see master.retireSocket).
+	spares, _ := strconv.Atoi(os.Getenv(envSpares))
+	for fd := fdControl + 1; fd <= fdControl+spares; fd++ {
+		f := os.NewFile(uintptr(fd), "flock-spare")
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			fail("spare listener", err)
+		}
+		lns = append(lns, ln)
 	}
 
 	conns := &connTracker{open: map[net.Conn]struct{}{}}
@@ -79,14 +92,16 @@ func runWorker(h http.Handler, c *config) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         c.TLSConfig,
 	}
-	served := make(chan error, 1)
-	go func() {
-		if c.TLSCertFile != "" || c.TLSConfig != nil {
-			served <- srv.ServeTLS(ln, c.TLSCertFile, c.TLSKeyFile)
-		} else {
-			served <- srv.Serve(ln)
-		}
-	}()
+	served := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() {
+			if c.TLSCertFile != "" || c.TLSConfig != nil {
+				served <- srv.ServeTLS(ln, c.TLSCertFile, c.TLSKeyFile)
+			} else {
+				served <- srv.Serve(ln)
+			}
+		}()
+	}
 	if _, err := ctrl.Write([]byte("ready\n")); err != nil {
 		log.Warn("flock: cannot reach the master", "err", err)
 	}
@@ -134,7 +149,7 @@ func runWorker(h http.Handler, c *config) error {
 			return fmt.Errorf("flock: serve: %w", err)
 		}
 	}
-	drain(srv, ln, conns, budget)
+	drain(srv, lns, conns, budget)
 	return nil
 }
 
@@ -144,10 +159,12 @@ func runWorker(h http.Handler, c *config) error {
 // stop accepting, turn keep-alives off (which also closes idle
 // connections), and wait until every tracked connection has closed; only
 // then Shutdown, which has nothing left to drop.
-func drain(srv *http.Server, ln net.Listener, conns *connTracker, budget time.Duration) {
+func drain(srv *http.Server, lns []net.Listener, conns *connTracker, budget time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
-	ln.Close()
+	for _, ln := range lns {
+		ln.Close()
+	}
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for conns.count() > 0 {

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/flockhq/flock/internal/flocktest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // The test binary re-executes itself as a flock application with the
@@ -47,6 +49,7 @@ type appSpec struct {
 	Workers     int
 	SlowFile    string
 	CommandAddr string
+	Console     bool
 }
 
 func runApp(js string) int {
@@ -70,7 +73,8 @@ func runApp(js string) int {
 			{Name: "version", Help: "overridden", Run: func(context.Context, *flock.Controller, []any) (any, error) { return "custom version", nil }},
 			{Name: "start"}, // disabled
 		},
-		Levels: map[string]Level{"info": Local},
+		Levels:  map[string]Level{"info": Local},
+		Console: s.Console,
 		OnWorker: func(e WorkerEvent) {
 			log.Info("worker event", "event", "worker-event", "kind", e.Kind, "pid", e.PID, "reason", e.Reason)
 		},
@@ -231,16 +235,25 @@ func TestCommands(t *testing.T) {
 	assert.Equal(t, `"1 workers restarted successfully"`, ok(fmt.Sprintf(`restart %d {"timeout":5000}`, a.Started(4)[2])))
 	exe, _ := os.Executable()
 	assert.Equal(t, `"2 workers upgraded successfully"`, ok("upgrade all "+exe))
-	require.NoError(t, json.Unmarshal([]byte(ok("workers")), &ws))
-	var now []int // the old ones may still be draining ("stopping")
-	for _, w := range ws {
-		if w["state"] == "ready" {
-			now = append(now, int(w["pid"].(float64)))
-		}
+	// readyOnly waits until n workers run, all ready (old ones drain
+	// meanwhile), and returns their pids.
+	readyOnly := func(n int) (pids []int) {
+		a.WaitUntil(fmt.Sprintf("%d ready workers alone", n), 10*time.Second, func() bool {
+			pids = nil
+			require.NoError(t, json.Unmarshal([]byte(ok("workers")), &ws))
+			for _, w := range ws {
+				if w["state"] == "ready" {
+					pids = append(pids, int(w["pid"].(float64)))
+				}
+			}
+			return len(ws) == n && len(pids) == n
+		})
+		return pids
 	}
-	require.Len(t, now, 2)
+	now := readyOnly(2)
 	assert.Equal(t, `"1 workers shut down"`, ok(fmt.Sprintf("shutdown %d", now[0])))
-	code, body, _ := a.call(fmt.Sprintf("shutdown %d", now[1]))
+	now = readyOnly(1)
+	code, body, _ := a.call(fmt.Sprintf("shutdown %d", now[0]))
 	assert.Equal(t, 400, code)
 	assert.Contains(t, body, "that would stop every worker")
 
@@ -334,4 +347,58 @@ func TestLevelsFromNonLoopback(t *testing.T) {
 	code, _ = call(http.DefaultClient, "127.0.0.1", "info")
 	assert.Equal(t, 200, code, "IPv4 loopback is local")
 	assert.Empty(t, app.Events("shutdown"), "nothing was shut down")
+}
+
+// With Console, the master reads commands from its terminal, as inproc:
+// even exit runs. The terminal is a real pseudo-terminal.
+func TestConsole(t *testing.T) {
+	ptm, pts := openPTY(t)
+	js, _ := json.Marshal(appSpec{Workers: 1, Console: true})
+	cmd := exec.Command(os.Args[0])
+	cmd.Stdin, cmd.Stdout = pts, pts
+	a := flocktest.Start(t, cmd, envApp+"="+string(js))
+	pts.Close()
+	a.Started(1)
+
+	var mu sync.Mutex
+	var screen strings.Builder
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptm.Read(buf)
+			mu.Lock()
+			screen.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	shows := func(what string) bool {
+		return flocktest.Poll(10*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return strings.Contains(screen.String(), what)
+		})
+	}
+	require.True(t, shows("flock> "), "no prompt")
+	ptm.Write([]byte("health\n"))
+	assert.True(t, shows("OK"), "no answer to health")
+	ptm.Write([]byte("restart GG\n"))
+	assert.True(t, shows(`usage: restart all|pid [{"timeout":ms}]`))
+	ptm.Write([]byte("exit now\n"))
+	assert.Equal(t, 130, a.ExitCode(10*time.Second), "exit (level local) runs from the console")
+}
+
+// openPTY opens a pseudo-terminal pair: the master side and the terminal.
+func openPTY(t *testing.T) (*os.File, *os.File) {
+	ptm, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { ptm.Close() })
+	require.NoError(t, unix.IoctlSetPointerInt(int(ptm.Fd()), unix.TIOCSPTLCK, 0))
+	n, err := unix.IoctlGetInt(int(ptm.Fd()), unix.TIOCGPTN)
+	require.NoError(t, err)
+	pts, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	require.NoError(t, err)
+	return ptm, pts
 }
