@@ -1,8 +1,8 @@
 module github.com/flockhq/flock
 
-go 1.26.8
+go 1.23.0
 
-require golang.org/x/sys v0.49.0
+require golang.org/x/sys v0.35.0
 
 require (
 	github.com/stretchr/testify v1.12.1

@@ -98,7 +98,7 @@ var ops = []op{
 			a.signal(syscall.SIGTTIN)
 			time.Sleep(100 * time.Millisecond)
 		}
-		a.wait(func(e event) bool { return a.count("ready") == 4 })
+		a.wait(func(e event) bool { return a.count("ready", "") == 4 })
 	}},
 	{name: "TTOU ×3 (4 → 1), tcp_migrate_req=0", args: []string{"-workers", "4"}, do: ttou},
 	{name: "TTOU ×3 (4 → 1), tcp_migrate_req=1", args: []string{"-workers", "4"}, do: ttou, netns: true},
@@ -108,11 +108,11 @@ var ops = []op{
 	{name: "USR2 (binary upgrade, 2 workers)", args: []string{"-workers", "2"}, do: func(a *app) {
 		a.signal(syscall.SIGUSR2)
 		a.wait(func(e event) bool { return e.Event == "upgrade" && e.Reason == "handed over" })
-		a.wait(func(e event) bool { return a.count("exited") == 2 })
+		a.wait(func(e event) bool { return a.count("exited", "") == 2 })
 	}},
 	{name: "kill -9 of a worker (2 workers)", args: []string{"-workers", "2"}, do: func(a *app) {
 		syscall.Kill(a.workers()[0], syscall.SIGKILL)
-		a.wait(func(e event) bool { return a.count("ready") == 3 })
+		a.wait(func(e event) bool { return a.count("ready", "") == 3 })
 	}},
 }
 
@@ -121,7 +121,7 @@ func ttou(a *app) {
 		a.signal(syscall.SIGTTOU)
 		time.Sleep(100 * time.Millisecond)
 	}
-	a.wait(func(e event) bool { return a.count("exited") == 3 })
+	a.wait(func(e event) bool { return a.count("exited", "scale-down") == 3 })
 }
 
 type result struct{ ok, failed int64 }
@@ -183,7 +183,7 @@ func ttinLatency() {
 				break
 			}
 		}
-		a.wait(func(e event) bool { return a.count("ready") == i+2 })
+		a.wait(func(e event) bool { return a.count("ready", "") == i+2 })
 	}
 	slices.Sort(lat)
 	fmt.Printf("TTIN to first request served by the new worker: median %v (of %d; min %v, max %v)\n",
@@ -264,7 +264,7 @@ func start(args ...string) *app {
 			n, _ = strconv.Atoi(args[i+1])
 		}
 	}
-	a.wait(func(e event) bool { return a.count("ready") >= n })
+	a.wait(func(e event) bool { return a.count("ready", "") >= n })
 	return a
 }
 
@@ -283,12 +283,13 @@ func (a *app) wait(match func(event) bool) event {
 	panic("timed out waiting for an event")
 }
 
-func (a *app) count(kind string) int {
+// count counts the events of a kind, with that reason unless reason is "".
+func (a *app) count(kind, reason string) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	n := 0
 	for _, e := range a.evs {
-		if e.Event == kind {
+		if e.Event == kind && (reason == "" || e.Reason == reason) {
 			n++
 		}
 	}
