@@ -149,7 +149,7 @@ func runWorker(h http.Handler, c *config) error {
 			return fmt.Errorf("flock: serve: %w", err)
 		}
 	}
-	drain(srv, lns, conns, budget)
+	drain(srv, lns, served, conns, budget)
 	return nil
 }
 
@@ -159,11 +159,23 @@ func runWorker(h http.Handler, c *config) error {
 // stop accepting, turn keep-alives off (which also closes idle
 // connections), and wait until every tracked connection has closed; only
 // then Shutdown, which has nothing left to drop.
-func drain(srv *http.Server, lns []net.Listener, conns *connTracker, budget time.Duration) {
+func drain(srv *http.Server, lns []net.Listener, served <-chan error, conns *connTracker, budget time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	for _, ln := range lns {
 		ln.Close()
+	}
+	// Serve counts a connection (StateNew) only after Accept has returned
+	// it. Once every Serve has returned, nothing accepted escapes the count
+	// below; before, a connection accepted just as the listener closed could
+	// be closed by Shutdown unanswered.
+	for range lns {
+		select {
+		case <-served:
+		case <-ctx.Done():
+			srv.Close()
+			return
+		}
 	}
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
