@@ -163,7 +163,7 @@ func (c *Controller) StopWorkers(pids []int, timeout time.Duration) error {
 			s.w.onExit = append(s.w.onExit, func() { close(ch) })
 			s.removing = true
 			m.retireSocket(s)
-			m.stopWorker(s.w, ReasonScaleDown, cmp0(timeout, m.c.ShutdownTimeout))
+			m.stopWorker(s.w, ReasonScaleDown, orDefault(timeout, m.c.ShutdownTimeout))
 		}
 		m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
 	})
@@ -186,7 +186,7 @@ func (c *Controller) Shutdown(timeout time.Duration) error {
 			err = errors.New("already shutting down")
 			return
 		}
-		c.m.stopTimeout = cmp0(timeout, c.m.c.ShutdownTimeout)
+		c.m.stopTimeout = orDefault(timeout, c.m.c.ShutdownTimeout)
 		c.m.shutdown("command")
 	})
 	return cmpErr(ok, err)
@@ -204,7 +204,7 @@ func cmpErr(ok bool, err error) error {
 	return err
 }
 
-func cmp0(d, def time.Duration) time.Duration {
+func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {
 		return d
 	}

@@ -2,7 +2,6 @@ package flock
 
 import (
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/http"
 	"regexp"
@@ -157,17 +156,6 @@ func TestECVLameDuck(t *testing.T) {
 	assert.NoError(t, err, "workers serve during the drain delay")
 	assert.Empty(t, a.Events("exited"), "no worker stops before DrainDelay")
 	assert.Equal(t, 0, a.ExitCode(10*time.Second))
-}
-
-func TestMonitorBusyPort(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	a := startApp(t, appSpec{Monitor: ln.Addr().String()})
-	assert.Equal(t, 1, a.ExitCode(10*time.Second))
-	want := fmt.Sprintf("flock: monitor: listen %s: address already in use", ln.Addr())
-	assert.NotEmpty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("msg") == want }), "no line %q", want)
-	assert.Empty(t, a.Events("forked"))
 }
 
 func TestMonitorOffAndReadOnly(t *testing.T) {

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -204,26 +206,31 @@ func TestServesFromEveryWorker(t *testing.T) {
 		seen[pid] = true
 		return len(seen) == 2
 	}), "answers came only from %v", seen)
-	assert.ElementsMatch(t, pids, keys(seen))
+	assert.ElementsMatch(t, pids, slices.Collect(maps.Keys(seen)))
 }
 
-func keys(m map[int]bool) []int {
-	var out []int
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
-}
-
+// A busy application or monitor port fails Serve (exit 1) with an error
+// naming the address, before any worker starts.
 func TestBusyPort(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	a := startApp(t, appSpec{Addr: ln.Addr().String()})
-	assert.Equal(t, 1, a.ExitCode(10*time.Second))
-	want := fmt.Sprintf("flock: listen %s: address already in use", ln.Addr())
-	assert.NotEmpty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("msg") == want }), "no line %q", want)
-	assert.Empty(t, a.Events("forked"), "no worker may start when the port is busy")
+	for _, tc := range []struct {
+		name string
+		spec func(addr string) appSpec
+		want string
+	}{
+		{"application", func(addr string) appSpec { return appSpec{Addr: addr} }, "flock: listen %s: address already in use"},
+		{"monitor", func(addr string) appSpec { return appSpec{Monitor: addr} }, "flock: monitor: listen %s: address already in use"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer ln.Close()
+			a := startApp(t, tc.spec(ln.Addr().String()))
+			assert.Equal(t, 1, a.ExitCode(10*time.Second))
+			want := fmt.Sprintf(tc.want, ln.Addr())
+			assert.NotEmpty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("msg") == want }), "no line %q", want)
+			assert.Empty(t, a.Events("forked"), "no worker may start when a port is busy")
+		})
+	}
 }
 
 func TestPIDFile(t *testing.T) {

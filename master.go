@@ -47,12 +47,10 @@ type master struct {
 	heir        *os.File // upgrade pipe to the old master, until handover
 	announced   bool     // READY=1 sent to systemd
 	mon         *monitor
-	memCheck    *time.Timer
 	spares      []*os.File          // sockets of removed slots, kept open (see retireSocket)
 	stopTimeout time.Duration       // ShutdownTimeout, or what a command asked for
 	inh         *inherited          // what an old master handed down (USR2)
 	extFiles    map[string]*os.File // extensions' listeners, to hand down on USR2
-	ctl         *Controller
 
 	exits chan exitMsg
 	msgs  chan workerMsg
@@ -158,9 +156,9 @@ func runMaster(c *config) error {
 		return err
 	}
 	defer m.mon.close()
-	m.ctl = &Controller{m: m}
+	ctl := &Controller{m: m}
 	for i, x := range c.Extensions {
-		if err := x.Start(m.ctl); err != nil {
+		if err := x.Start(ctl); err != nil {
 			for _, y := range c.Extensions[:i] {
 				y.Stop()
 			}
@@ -773,7 +771,7 @@ func (m *master) checkMemory() {
 			}
 		}
 	}
-	m.memCheck = m.after(memoryCheckInterval, m.checkMemory)
+	m.after(memoryCheckInterval, m.checkMemory)
 }
 
 const memoryCheckInterval = 2 * time.Second

@@ -90,7 +90,7 @@ func (m *master) rollMore() {
 			continue // gone, or already being replaced
 		}
 		r.active++
-		m.replace(s, r.reason, r.exe, cmp0(r.boot, m.c.BootTimeout), func(err error) {
+		m.replace(s, r.reason, r.exe, orDefault(r.boot, m.c.BootTimeout), func(err error) {
 			r.active--
 			if err == nil {
 				r.replaced++

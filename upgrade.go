@@ -47,7 +47,6 @@ type upgrade struct {
 	timer  *time.Timer
 	exited bool
 	handed bool
-	onDone func(error) // may be nil
 }
 
 // inherited is what a new master received from the old one.
@@ -60,30 +59,20 @@ type inherited struct {
 	listeners map[string]*os.File
 }
 
+// startUpgrade starts the binary now at os.Executable() as a new master.
 func (m *master) startUpgrade() {
-	m.upgradeTo("", nil)
-}
-
-// upgradeTo starts the binary at exe ("" means os.Executable()) as a new
-// master. done, when set, hears how it ended.
-func (m *master) upgradeTo(exe string, done func(error)) {
 	fail := func(err error) {
 		m.log.Error("flock: upgrade failed; this master keeps serving", "err", err)
 		m.emit(Event{Kind: EventUpgrade, Reason: "failed: " + err.Error()})
-		if done != nil {
-			done(err)
-		}
 	}
 	if m.upgrade != nil {
 		fail(fmt.Errorf("an upgrade is already under way (new master %d)", m.upgrade.cmd.Process.Pid))
 		return
 	}
-	if exe == "" {
-		var err error
-		if exe, err = os.Executable(); err != nil {
-			fail(err)
-			return
-		}
+	exe, err := os.Executable()
+	if err != nil {
+		fail(err)
+		return
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -91,13 +80,16 @@ func (m *master) upgradeTo(exe string, done func(error)) {
 		return
 	}
 	defer w.Close()
-	spec := upgradeSpec{Slots: len(m.slots), Disabled: m.disabled}
+	spec := upgradeSpec{Disabled: m.disabled}
 	files := []*os.File{w}
 	if f := m.mon.file(); f != nil {
 		spec.Monitor = true
 		files = append(files, f)
 	}
 	for _, s := range m.slots {
+		if s.removing {
+			continue // TTOU: its socket is retired
+		}
 		if s.sock == nil { // given up: the new master gets a fresh socket
 			f, err := m.bind()
 			if err != nil {
@@ -108,6 +100,7 @@ func (m *master) upgradeTo(exe string, done func(error)) {
 			s.sock = f
 		}
 		files = append(files, s.sock)
+		spec.Slots++
 	}
 	spec.Spares = len(m.spares)
 	files = append(files, m.spares...)
@@ -127,7 +120,7 @@ func (m *master) upgradeTo(exe string, done func(error)) {
 		fail(fmt.Errorf("start %s: %w", exe, err))
 		return
 	}
-	u := &upgrade{cmd: cmd, began: time.Now(), onDone: done}
+	u := &upgrade{cmd: cmd, began: time.Now()}
 	m.upgrade = u
 	sdNotify("RELOADING=1")
 	m.emit(Event{Kind: EventUpgrade, Reason: "began", PID: cmd.Process.Pid})
@@ -178,9 +171,6 @@ func (m *master) handedOver(u *upgrade) {
 		}
 	}
 	m.stopAll(ReasonUpgrade)
-	if u.onDone != nil {
-		u.onDone(nil)
-	}
 }
 
 func (m *master) rollback(u *upgrade, err error) {
@@ -192,9 +182,6 @@ func (m *master) rollback(u *upgrade, err error) {
 	m.log.Error("flock: upgrade failed; this master keeps serving", "err", err)
 	m.emit(Event{Kind: EventUpgrade, Reason: "failed: " + err.Error(), PID: u.cmd.Process.Pid})
 	sdNotify("READY=1")
-	if u.onDone != nil {
-		u.onDone(err)
-	}
 }
 
 // cancelUpgrade kills a new master that has not taken over yet (shutdown).

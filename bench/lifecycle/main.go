@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,9 +25,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/flockhq/flock/internal/loadgen"
 )
 
 var (
@@ -132,7 +134,10 @@ func measure(o op, keepAlive bool) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	res := make(chan result)
-	go func() { res <- load(ctx, "http://"+a.addr+"/", keepAlive) }()
+	go func() {
+		r := loadgen.Run(ctx, "http://"+a.addr+"/", *clients, math.MaxInt, keepAlive)
+		res <- result{r.OK.Load(), r.Failed.Load()}
+	}()
 	time.Sleep(300 * time.Millisecond)
 	o.do(a)
 	time.Sleep(500 * time.Millisecond)
@@ -315,40 +320,6 @@ func (a *app) signal(s syscall.Signal) { syscall.Kill(a.cmd.Process.Pid, s) }
 func (a *app) kill() {
 	syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL)
 	a.cmd.Wait()
-}
-
-func load(ctx context.Context, url string, keepAlive bool) result {
-	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: *clients}
-	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	var ok, failed atomic.Int64
-	var wg sync.WaitGroup
-	for range *clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				resp, err := c.Get(url)
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != 200 {
-						err = fmt.Errorf("status %d", resp.StatusCode)
-					}
-				}
-				if ctx.Err() != nil {
-					return // cut off by the end of the run, not a failure
-				}
-				if err != nil {
-					failed.Add(1)
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	tr.CloseIdleConnections()
-	return result{ok.Load(), failed.Load()}
 }
 
 func nproc() int {

@@ -19,11 +19,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/flockhq/flock/internal/loadgen"
 	"github.com/stretchr/testify/require"
 )
 
@@ -287,59 +287,15 @@ func InstallBinary(t *testing.T, path, script string) {
 }
 
 // LoadResult counts what a load run saw.
-type LoadResult struct {
-	OK, Failed atomic.Int64
-	mu         sync.Mutex
-	firstErrs  []string
-}
+type LoadResult = loadgen.Result
 
-func (l *LoadResult) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return fmt.Sprintf("%d ok, %d failed %v", l.OK.Load(), l.Failed.Load(), l.firstErrs)
-}
-
-// load runs clients goroutines sending GET requests to url until ctx ends
-// or maxRequests have been sent. keepAlive chooses between reusing
-// connections and opening a new one per request.
+// Load runs clients goroutines sending GET requests to url until ctx ends
+// or maxRequests have been sent (see loadgen.Run).
 func Load(ctx context.Context, url string, clients, maxRequests int, keepAlive bool) *LoadResult {
-	res := &LoadResult{}
-	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: clients}
-	defer tr.CloseIdleConnections()
-	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-	var sent atomic.Int64
-	var wg sync.WaitGroup
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil && sent.Add(1) <= int64(maxRequests) {
-				resp, err := c.Get(url)
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != 200 {
-						err = fmt.Errorf("status %d", resp.StatusCode)
-					}
-				}
-				if err != nil {
-					res.Failed.Add(1)
-					res.mu.Lock()
-					if len(res.firstErrs) < 5 {
-						res.firstErrs = append(res.firstErrs, err.Error())
-					}
-					res.mu.Unlock()
-					continue
-				}
-				res.OK.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	return res
+	return loadgen.Run(ctx, url, clients, maxRequests, keepAlive)
 }
 
-// inNetns runs the calling test again inside a new network namespace (with
+// InNetns runs the calling test again inside a new network namespace (with
 // lo up, then setup run as shell) and reports whether the caller is already
 // there. Outside, it fails the test if the run inside failed, and skips when
 // namespaces cannot be made here.

@@ -1,0 +1,69 @@
+// Package loadgen is the bounded HTTP load driver of the tests and of
+// bench/lifecycle: concurrent clients sending GET requests to one URL,
+// every failed request counted.
+package loadgen
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Result counts what a run saw.
+type Result struct {
+	OK, Failed atomic.Int64
+	mu         sync.Mutex
+	firstErrs  []string
+}
+
+func (r *Result) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return fmt.Sprintf("%d ok, %d failed %v", r.OK.Load(), r.Failed.Load(), r.firstErrs)
+}
+
+// Run has clients goroutines send GET requests to url until ctx ends or
+// maxRequests have been sent, and counts them; a request fails on any
+// transport error or a status other than 200. keepAlive chooses between
+// reusing connections and opening a new one per request. Requests under
+// way when ctx ends complete and are counted.
+func Run(ctx context.Context, url string, clients, maxRequests int, keepAlive bool) *Result {
+	res := &Result{}
+	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: clients}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil && sent.Add(1) <= int64(maxRequests) {
+				resp, err := c.Get(url)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err == nil && resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %d", resp.StatusCode)
+					}
+				}
+				if err != nil {
+					res.Failed.Add(1)
+					res.mu.Lock()
+					if len(res.firstErrs) < 5 {
+						res.firstErrs = append(res.firstErrs, err.Error())
+					}
+					res.mu.Unlock()
+					continue
+				}
+				res.OK.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
