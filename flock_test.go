@@ -53,6 +53,7 @@ type appSpec struct {
 	Timeout        time.Duration
 	MaxRequests    int
 	MaxUptime      time.Duration
+	MaxMemory      int64
 	UpgradeTimeout time.Duration
 }
 
@@ -77,7 +78,7 @@ func runTestApp(js string) int {
 		MonitorAddr: s.Monitor, MonitorProbe: s.Probe, MonitorProbeTimeout: s.ProbeTimeout,
 		AccessKey: s.AccessKey, MonitorReadOnly: s.ReadOnly,
 		BootTimeout: s.BootTimeout, Timeout: s.Timeout, MaxRequests: s.MaxRequests,
-		MaxUptime: s.MaxUptime, UpgradeTimeout: s.UpgradeTimeout,
+		MaxUptime: s.MaxUptime, MaxMemory: s.MaxMemory, UpgradeTimeout: s.UpgradeTimeout,
 	}
 	// FLOCK_TEST_BREAK makes a "broken binary" of the same executable (a
 	// wrapper script sets it): its workers fail at boot.

@@ -80,16 +80,28 @@ func TestHUPWithBrokenBinaryKeepsServing(t *testing.T) {
 	assert.Contains(t, old, pid)
 }
 
-func TestRecycleAfterMaxRequests(t *testing.T) {
-	a := startApp(t, appSpec{Workers: 2, MaxRequests: 200})
-	a.Started(2)
-	stop := flocktest.StartLoad(a.URL("/"), 4, true)
-	a.WaitUntil("two recycles", 20*time.Second, func() bool {
-		return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == ReasonRecycle })) >= 2
-	})
-	res := stop()
-	assert.Zero(t, res.Failed.Load(), res.String())
-	assert.Empty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") != ReasonRecycle }))
+// MaxRequests, MaxUptime and MaxMemory each recycle workers, one at a
+// time and readiness-gated, under load, without a failed request.
+func TestRecycle(t *testing.T) {
+	for name, spec := range map[string]appSpec{
+		"MaxRequests": {Workers: 2, MaxRequests: 200},
+		"MaxUptime":   {Workers: 2, MaxUptime: 300 * time.Millisecond},
+		"MaxMemory":   {Workers: 2, MaxMemory: 1 << 20}, // every Go process is bigger
+	} {
+		t.Run(name, func(t *testing.T) {
+			a := startApp(t, spec)
+			a.Started(2)
+			stop := flocktest.StartLoad(a.URL("/"), 4, true)
+			a.WaitUntil("two recycles", 20*time.Second, func() bool {
+				return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == ReasonRecycle })) >= 2
+			})
+			res := stop()
+			assert.Zero(t, res.Failed.Load(), res.String())
+			assert.Empty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") != ReasonRecycle }))
+			why := a.WaitFor("the reason", time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "flock: recycling worker" })
+			assert.Contains(t, why.Str("why"), name)
+		})
+	}
 }
 
 func TestTTINUnderLoad(t *testing.T) {
