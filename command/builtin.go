@@ -99,7 +99,7 @@ func start(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	if err := c.AddWorkers(n); err != nil {
 		return nil, err
 	}
-	return fmt.Sprintf("%d workers starting", n), nil
+	return count(n) + " starting", nil
 }
 
 func restart(_ context.Context, c *flock.Controller, args []any) (any, error) {
@@ -142,11 +142,11 @@ func replaced(n int, err error) func(verb string) (any, error) {
 		case err != nil && !errors.Is(err, flock.ErrNotReady):
 			return nil, err // nothing was done
 		case err != nil && strings.Contains(err.Error(), "timed out"):
-			return nil, fmt.Errorf("timed out: %d workers %s before: %v", n, verb, err)
+			return nil, fmt.Errorf("timed out: %s %s before: %v", count(n), verb, err)
 		case err != nil:
-			return nil, fmt.Errorf("%d workers %s, then: %v", n, verb, err)
+			return nil, fmt.Errorf("%s %s, then: %v", count(n), verb, err)
 		}
-		return fmt.Sprintf("%d workers %s successfully", n, verb), nil
+		return fmt.Sprintf("%s %s successfully", count(n), verb), nil
 	}
 }
 
@@ -167,7 +167,7 @@ func shutdown(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	if err := c.StopWorkers(pids, timeout); err != nil {
 		return nil, err
 	}
-	return fmt.Sprintf("%d workers shut down", len(pids)), nil
+	return count(len(pids)) + " shut down", nil
 }
 
 func exit(_ context.Context, c *flock.Controller, args []any) (any, error) {
@@ -217,4 +217,12 @@ func target(args []any) (pids []int, timeout time.Duration, rest []any, err erro
 		}
 	}
 	return pids, timeout, rest, nil
+}
+
+// count is "1 worker", "3 workers".
+func count(n int) string {
+	if n == 1 {
+		return "1 worker"
+	}
+	return fmt.Sprintf("%d workers", n)
 }

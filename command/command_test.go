@@ -232,7 +232,7 @@ func TestCommands(t *testing.T) {
 	}
 
 	assert.Equal(t, `"2 workers restarted successfully"`, ok("restart all"))
-	assert.Equal(t, `"1 workers restarted successfully"`, ok(fmt.Sprintf(`restart %d {"timeout":5000}`, a.Started(4)[2])))
+	assert.Equal(t, `"1 worker restarted successfully"`, ok(fmt.Sprintf(`restart %d {"timeout":5000}`, a.Started(4)[2])))
 	exe, _ := os.Executable()
 	assert.Equal(t, `"2 workers upgraded successfully"`, ok("upgrade all "+exe))
 	// readyOnly waits until n workers run, all ready (old ones drain
@@ -251,7 +251,7 @@ func TestCommands(t *testing.T) {
 		return pids
 	}
 	now := readyOnly(2)
-	assert.Equal(t, `"1 workers shut down"`, ok(fmt.Sprintf("shutdown %d", now[0])))
+	assert.Equal(t, `"1 worker shut down"`, ok(fmt.Sprintf("shutdown %d", now[0])))
 	now = readyOnly(1)
 	code, body, _ := a.call(fmt.Sprintf("shutdown %d", now[0]))
 	assert.Equal(t, 400, code)
