@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -401,4 +402,20 @@ func openPTY(t *testing.T) (*os.File, *os.File) {
 	pts, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
 	require.NoError(t, err)
 	return ptm, pts
+}
+
+// Across a USR2 upgrade the endpoint keeps its address: the new master
+// inherits the socket and answers there once it has taken over.
+func TestEndpointSurvivesUpgrade(t *testing.T) {
+	a := startApp(t, 1)
+	a.Signal(syscall.SIGUSR2)
+	up := a.WaitFor("the handover", 20*time.Second, func(r flocktest.Rec) bool {
+		return r.Str("event") == "upgrade" && r.Str("reason") == "handed over"
+	})
+	assert.Equal(t, 0, a.ExitCode(10*time.Second), "the old master drains and exits")
+	code, body, _ := a.call("info")
+	require.Equal(t, 200, code, body)
+	var info map[string]any
+	require.NoError(t, json.Unmarshal([]byte(body), &info))
+	assert.Equal(t, float64(up.Int("new_master")), info["pid"], "the new master answers on the same address")
 }
