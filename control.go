@@ -72,7 +72,7 @@ func (c *Controller) Logger() *slog.Logger { return c.m.log }
 
 // Status describes the master and its workers now.
 func (c *Controller) Status() Status {
-	return c.m.status()
+	return c.m.status(c.m.mon)
 }
 
 // AddWorkers starts n more workers, as n TTIN signals would.
@@ -228,10 +228,11 @@ func (m *master) slotsOf(pids []int) ([]*slot, error) {
 }
 
 // status is the monitor's and the Controller's view: the published
-// snapshot, with each worker's RSS read now.
-func (m *master) status() Status {
+// snapshot, with mon's ECV state and each worker's RSS read now. It runs
+// on other goroutines: it reads only the snapshot and what never changes.
+func (m *master) status(mon *monitor) Status {
 	s := m.snap.Load()
-	st := Status{PID: os.Getpid(), Started: m.started, ECV: m.mon.state(s), State: s.state.String(),
+	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.String(),
 		Addr: m.listenAddr(), Workers: make([]WorkerStatus, len(s.workers))}
 	for i, ws := range s.workers {
 		ws.RSS = rss(ws.PID)

@@ -212,7 +212,7 @@ func (mon *monitor) state(s *snapshot) string {
 }
 
 func (mon *monitor) status(w http.ResponseWriter) {
-	st := mon.m.status()
+	st := mon.m.status(mon)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
 	enc := json.NewEncoder(w)

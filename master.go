@@ -359,7 +359,11 @@ func (m *master) bind() (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("flock: listen %s: %w", net.JoinHostPort(m.c.host, strconv.Itoa(m.port)), err)
 	}
-	m.port = port
+	if m.port == 0 {
+		// Set once, by the first bind (port 0 picks it), before any other
+		// goroutine reads it (listenAddr).
+		m.port = port
+	}
 	return f, nil
 }
 
