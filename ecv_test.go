@@ -1,11 +1,15 @@
 package flock
 
 import (
+	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -210,4 +214,43 @@ func TestECVControlFromNonLoopback(t *testing.T) {
 	assert.Equal(t, 204, post("http://[::1]:"+port+"/ecv/disable", ""))
 	code, _ = ecvState(a)
 	assert.Equal(t, 400, code)
+}
+
+// The monitor reads the master's state from its own goroutines. Hammer it
+// while TTIN, TTOU and HUP reshape the workers: every answer is well formed,
+// and the race detector (the master is race-enabled in tests; a report
+// fails the test) sees no unsynchronised access.
+func TestMonitorUnderChurn(t *testing.T) {
+	a := startApp(t, appSpec{Workers: 2})
+	a.Started(2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var bad atomic.Int64
+	var wg sync.WaitGroup
+	for _, path := range []string{"/", "/ecv"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				resp, err := http.Get("http://" + a.Monitor + path)
+				if err != nil {
+					bad.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 && resp.StatusCode != 500 {
+					bad.Add(1)
+				}
+			}
+		}()
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTTIN, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGHUP, syscall.SIGTTOU} {
+		a.Signal(sig)
+		time.Sleep(150 * time.Millisecond)
+	}
+	a.WaitFor("the roll", 10*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
+	cancel()
+	wg.Wait()
+	assert.Zero(t, bad.Load(), "failed or malformed monitor answers")
 }
