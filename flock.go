@@ -46,6 +46,29 @@
 // them. A worker that receives TERM or QUIT itself drains gracefully and exits
 // (the master re-forks it: it did not ask for that exit).
 //
+// # Lifecycle
+//
+// Crashed workers, and workers silent for Timeout (killed), are re-forked
+// with backoff (RestartDelay, RestartsPerMinute); what queued on their
+// socket meanwhile waits for the new one. Workers are recycled after
+// MaxRequests, above MaxMemory or past MaxUptime, and replaced on HUP: the
+// replacement starts beside the old worker, on the same socket, and the old
+// one drains only once the new one is ready, so no request fails.
+//
+// # Monitor
+//
+// The master serves an ECV monitor for load balancers on MonitorAddr
+// (default: the application port + 1): GET /ecv answers 200 AVAILABLE, 400
+// DISABLED (taken out of rotation with POST /ecv/disable, or shutting
+// down) or 500 WARNING (no worker ready, or MonitorProbe failing); GET /
+// answers a JSON Status.
+//
+// # Extensions
+//
+// Options.Extensions run in the master and act on it through a Controller;
+// package command, a node-cluster-service compatible command surface with
+// the flockctl CLI, is one.
+//
 // # Platforms
 //
 // flock targets Linux: it needs SO_REUSEPORT load balancing, /proc/self/exe
