@@ -12,7 +12,9 @@ mkdir -p bench/out
 go build -o bench/out/example ./example
 bench/out/example -addr 127.0.0.1:5200 -monitor 127.0.0.1:5201 -workers 2 2>/dev/null &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
+stop() { kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; }
+trap stop EXIT
+trap 'stop; exit 1' INT TERM
 for _ in $(seq 100); do curl -fs http://127.0.0.1:5201/ecv >/dev/null && break; sleep 0.05; done
 
 summary() { awk '/Latency/ {printf "latency avg %s, stdev %s, max %s; ", $2, $3, $4} /Requests\/sec/ {printf "%s req/s", $2} /Non-2xx|Socket errors/ {printf "; %s", $0}'; echo; }

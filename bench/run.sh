@@ -30,6 +30,7 @@ go build -o "$out/plain" ./bench/plain
 pid=
 cleanup() { if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; pid=; }
 trap cleanup EXIT
+trap 'cleanup; exit 1' INT TERM
 
 # serve NAME PORT: start a server in the background and wait until it answers.
 serve() {

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -37,8 +38,20 @@ var (
 	exe     = flag.String("example", "", "example binary (default: built into a temporary directory)")
 )
 
+// running holds the examples started and not yet killed, so that an
+// interrupted run (Ctrl-C, timeout) does not leave them behind: each runs
+// in its own process group and would outlive this program.
+var running sync.Map // *app → struct{}
+
 func main() {
 	flag.Parse()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		running.Range(func(a, _ any) bool { a.(*app).kill(); return true })
+		os.Exit(1)
+	}()
 	if *exe == "" {
 		dir, err := os.MkdirTemp("", "flock-bench-")
 		check(err)
@@ -251,6 +264,7 @@ func start(args ...string) *app {
 	check(err)
 	check(cmd.Start())
 	a := &app{cmd: cmd}
+	running.Store(a, struct{}{})
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -320,6 +334,7 @@ func (a *app) signal(s syscall.Signal) { syscall.Kill(a.cmd.Process.Pid, s) }
 func (a *app) kill() {
 	syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL)
 	a.cmd.Wait()
+	running.Delete(a)
 }
 
 func nproc() int {
