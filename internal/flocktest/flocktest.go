@@ -67,7 +67,10 @@ func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
 		// (see the cleanup below).
 		cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=20")
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so the cleanup below can kill the whole tree;
+	// and killed with the test binary, should that die before the cleanup
+	// runs (a go test timeout): its workers then follow it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	r, w, err := os.Pipe()
 	require.NoError(t, err)
 	cmd.Stderr = w
