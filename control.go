@@ -161,9 +161,7 @@ func (c *Controller) StopWorkers(pids []int, timeout time.Duration) error {
 			ch := make(chan struct{})
 			exited = append(exited, ch)
 			s.w.onExit = append(s.w.onExit, func() { close(ch) })
-			s.removing = true
-			m.retireSocket(s)
-			m.stopWorker(s.w, ReasonScaleDown, orDefault(timeout, m.c.ShutdownTimeout))
+			m.retireSlot(s, orDefault(timeout, m.c.ShutdownTimeout))
 		}
 		m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
 	})

@@ -467,16 +467,23 @@ func (m *master) removeSlot() {
 			victim = s
 		}
 	}
-	victim.removing = true
+	m.retireSlot(victim, m.c.ShutdownTimeout)
 	m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
-	if victim.w == nil && victim.next == nil {
-		m.dropSlot(victim)
+}
+
+// retireSlot takes slot s away: its worker, and a replacement booting
+// beside it, drain within timeout; its socket is retired; the slot goes
+// once both have exited.
+func (m *master) retireSlot(s *slot, timeout time.Duration) {
+	s.removing = true
+	if s.w == nil && s.next == nil {
+		m.dropSlot(s)
 		return
 	}
-	m.retireSocket(victim)
-	for _, w := range []*worker{victim.w, victim.next} {
+	m.retireSocket(s)
+	for _, w := range []*worker{s.w, s.next} {
 		if w != nil {
-			m.stopWorker(w, ReasonScaleDown, m.c.ShutdownTimeout)
+			m.stopWorker(w, ReasonScaleDown, timeout)
 		}
 	}
 }
@@ -803,9 +810,13 @@ func (m *master) onExit(e exitMsg) {
 	case s.next == w: // a replacement that never became ready
 		done := s.onReady
 		s.next, s.onReady = nil, nil
-		if s.w == nil && failed && m.state == running && !s.removing {
+		switch {
+		case s.removing && s.w == nil:
+			m.dropSlot(s)
+			m.emit(ev)
+		case s.w == nil && failed && m.state == running:
 			m.crashed(s, &ev)
-		} else {
+		default:
 			m.emit(ev)
 		}
 		how := fmt.Sprintf("exited (%v)", e.state)

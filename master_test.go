@@ -1,10 +1,13 @@
 package flock
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
+	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -93,26 +96,30 @@ func TestQueuedConnectionsSurviveWorkerCrash(t *testing.T) {
 	old := a.Started(1)[0]
 	// Freeze the worker so connections pile up in the accept queue.
 	require.NoError(t, syscall.Kill(old, syscall.SIGSTOP))
-	const n = 20
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			pid, err := flocktest.Get(a.URL("/"))
-			if err == nil && pid == old {
+	// Dial returns once the handshake is done: the connection is queued.
+	conns := make([]net.Conn, 20)
+	for i := range conns {
+		c, err := net.Dial("tcp", a.Addr)
+		require.NoError(t, err)
+		defer c.Close()
+		_, err = c.Write([]byte("GET / HTTP/1.1\r\nHost: flock\r\nConnection: close\r\n\r\n"))
+		require.NoError(t, err)
+		conns[i] = c
+	}
+	require.NoError(t, syscall.Kill(old, syscall.SIGKILL))
+	var failed []string
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err == nil {
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode != 200:
+				err = fmt.Errorf("status %d", resp.StatusCode)
+			case resp.Header.Get("X-Worker-Pid") == strconv.Itoa(old):
 				err = fmt.Errorf("served by the frozen worker")
 			}
-			errs <- err
-		}()
-	}
-	time.Sleep(200 * time.Millisecond) // let the handshakes complete into the queue
-	require.NoError(t, syscall.Kill(old, syscall.SIGKILL))
-	wg.Wait()
-	close(errs)
-	var failed []string
-	for err := range errs {
+		}
 		if err != nil {
 			failed = append(failed, err.Error())
 		}

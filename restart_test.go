@@ -72,12 +72,7 @@ func TestHUPWithBrokenBinaryKeepsServing(t *testing.T) {
 	res := stop()
 	assert.Zero(t, res.Failed.Load(), res.String())
 	assert.Contains(t, done.Str("reason"), "failed: a new worker did not become ready: slot ")
-	for _, pid := range old {
-		assert.True(t, flocktest.Alive(pid), "old worker %d was stopped", pid)
-	}
-	pid, err := flocktest.Get(a.URL("/"))
-	require.NoError(t, err)
-	assert.Contains(t, old, pid)
+	a.StillServedBy(old)
 }
 
 // MaxRequests, MaxUptime and MaxMemory each recycle workers, one at a

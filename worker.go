@@ -79,7 +79,7 @@ func runWorker(h http.Handler, c *config) error {
 		lns = append(lns, ln)
 	}
 
-	conns := &connTracker{open: map[net.Conn]struct{}{}}
+	conns := newConnTracker()
 	var requests atomic.Int64
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -177,20 +177,23 @@ func drain(srv *http.Server, lns []net.Listener, served <-chan error, conns *con
 			return
 		}
 	}
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for conns.count() > 0 {
-		// Repeated because a connection that has sent nothing for 5 s only
-		// counts as idle from then on.
-		srv.SetKeepAlivesEnabled(false)
+	srv.SetKeepAlivesEnabled(false) // also closes idle connections
+	// Again every second: a connection that has sent nothing for 5 s only
+	// counts as idle from then on.
+	recheck := time.NewTicker(time.Second)
+	defer recheck.Stop()
+	for {
 		select {
-		case <-tick.C:
+		case <-conns.empty():
+			srv.Shutdown(ctx)
+			return
+		case <-recheck.C:
+			srv.SetKeepAlivesEnabled(false)
 		case <-ctx.Done():
 			srv.Close()
 			return
 		}
 	}
-	srv.Shutdown(ctx)
 }
 
 // connTracker follows the HTTP/1 connections a drain must wait for.
@@ -199,6 +202,13 @@ func drain(srv *http.Server, lns []net.Listener, served <-chan error, conns *con
 type connTracker struct {
 	mu   sync.Mutex
 	open map[net.Conn]struct{}
+	none chan struct{} // closed while open is empty
+}
+
+func newConnTracker() *connTracker {
+	t := &connTracker{open: map[net.Conn]struct{}{}, none: make(chan struct{})}
+	close(t.none)
+	return t
 }
 
 func (t *connTracker) track(c net.Conn, s http.ConnState) {
@@ -206,20 +216,33 @@ func (t *connTracker) track(c net.Conn, s http.ConnState) {
 	defer t.mu.Unlock()
 	switch s {
 	case http.StateNew:
+		if len(t.open) == 0 {
+			t.none = make(chan struct{})
+		}
 		t.open[c] = struct{}{}
 	case http.StateActive:
 		if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
-			delete(t.open, c)
+			t.forget(c)
 		}
 	case http.StateClosed, http.StateHijacked:
-		delete(t.open, c)
+		t.forget(c)
 	}
 }
 
-func (t *connTracker) count() int {
+func (t *connTracker) forget(c net.Conn) {
+	if _, ok := t.open[c]; ok {
+		delete(t.open, c)
+		if len(t.open) == 0 {
+			close(t.none)
+		}
+	}
+}
+
+// empty is closed once no tracked connection is open (until one opens).
+func (t *connTracker) empty() <-chan struct{} {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return len(t.open)
+	return t.none
 }
 
 // backlog is the listen backlog: the kernel's maximum, as net.Listen uses.

@@ -81,3 +81,32 @@ func TestWorkersRunAsUser(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, pid, got)
 }
+
+// The drain waits on connTracker.empty: closed while no connection is
+// open, open again once one is.
+func TestConnTrackerEmpty(t *testing.T) {
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	tr := newConnTracker()
+	assert.True(t, closed(tr.empty()), "nothing open yet")
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	tr.track(a, http.StateNew)
+	tr.track(b, http.StateNew)
+	wait := tr.empty()
+	assert.False(t, closed(wait))
+	tr.track(a, http.StateActive)
+	tr.track(a, http.StateClosed)
+	assert.False(t, closed(wait), "b is still open")
+	tr.track(b, http.StateHijacked)
+	assert.True(t, closed(wait), "all gone")
+	tr.track(a, http.StateClosed) // a second close changes nothing
+	assert.True(t, closed(tr.empty()))
+}

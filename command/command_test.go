@@ -304,12 +304,7 @@ func TestRestartTimeout(t *testing.T) {
 	assert.Less(t, time.Since(start), 5*time.Second)
 	assert.Equal(t, 400, code)
 	assert.Contains(t, body, "timed out: 0 workers restarted before")
-	for _, pid := range old {
-		assert.True(t, flocktest.Alive(pid), "old worker %d stopped", pid)
-	}
-	pid, err := flocktest.Get(a.URL("/"))
-	require.NoError(t, err)
-	assert.Contains(t, old, pid)
+	a.StillServedBy(old)
 }
 
 // From a caller that is not on loopback, commands above Remote are refused

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/flockhq/flock/internal/loadgen"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -47,6 +48,18 @@ type Rec map[string]any
 
 // T is the test the App belongs to.
 func (a *App) T() *testing.T { return a.t }
+
+// StillServedBy asserts that each worker in pids is alive and that a
+// request is answered by one of them: what a failed replacement must leave.
+func (a *App) StillServedBy(pids []int) {
+	a.t.Helper()
+	for _, pid := range pids {
+		assert.True(a.t, Alive(pid), "old worker %d was stopped", pid)
+	}
+	pid, err := Get(a.URL("/"))
+	require.NoError(a.t, err)
+	assert.Contains(a.t, pids, pid)
+}
 
 // Str is the string at k, or "".
 func (r Rec) Str(k string) string { s, _ := r[k].(string); return s }
