@@ -15,34 +15,47 @@ import (
 // Extensions never run in workers.
 type Extension interface {
 	// Start is called in the master once the sockets are bound, before any
-	// worker starts. An error stops Serve.
+	// worker starts. An error stops Serve. Controller methods that act on
+	// the workers return ErrStarting until every Start has returned.
 	Start(c *Controller) error
-	// Event is called for every master event, on the master's goroutine,
-	// after Options.OnEvent: it must return quickly.
+	// Event is called for every master event, in order, after
+	// Options.OnEvent, on a goroutine of its own (not the master's): it may
+	// call the Controller. Events reach it once the state they report is
+	// visible in Status.
 	Event(e Event)
 	// Stop is called when Serve is about to return.
 	Stop()
 }
 
 // Controller is what an Extension may ask of the master. Its methods are
-// safe from any goroutine: each runs on the master's own goroutine and
-// waits for the outcome. After the master has stopped they return
-// ErrStopped.
+// safe from any goroutine and never deadlock: each that acts on the
+// workers runs on the master's own goroutine and waits for the outcome;
+// called before the master's loop runs (from Extension.Start) it returns
+// ErrStarting, and after the master has stopped, ErrStopped.
 type Controller struct {
 	m *master
 }
 
-// ErrStopped is returned by Controller methods once the master has stopped.
-var ErrStopped = errors.New("flock: the master has stopped")
+// ErrNoSuchWorker is in the error of a Controller call naming a pid that
+// is not one of the master's workers.
+var ErrNoSuchWorker = errors.New("no worker with pid")
 
-// Listen gives an extension a TCP listener on addr, to call from Start
-// only. name identifies it across a USR2 upgrade: the new master's
-// extension gets the same socket back from Listen, so the port is never
-// busy and never closed during the handover.
+// ErrNotInStart is returned by Controller.Listen after Start has returned.
+var ErrNotInStart = errors.New("flock: Listen works only from Extension.Start")
+
+// Listen gives an extension a TCP listener on addr, from Start only. name
+// identifies it across a USR2 upgrade: the new master's extension gets the
+// same socket back from Listen, so the port is never busy and never closed
+// during the handover.
 func (c *Controller) Listen(name, addr string) (net.Listener, error) {
 	m := c.m
+	if m.phase.Load() != phaseStarting {
+		return nil, ErrNotInStart
+	}
+	m.extMu.Lock()
+	defer m.extMu.Unlock()
 	if _, dup := m.extFiles[name]; dup {
-		return nil, fmt.Errorf("listener %q requested twice", name)
+		return nil, fmt.Errorf("flock: listener %q requested twice", name)
 	}
 	var ln net.Listener
 	var err error
@@ -80,95 +93,96 @@ func (c *Controller) AddWorkers(n int) error {
 	if n < 1 {
 		return fmt.Errorf("count %d: must be at least 1", n)
 	}
-	var err error
-	ok := c.m.call(func() {
-		if c.m.state != running {
-			err = errors.New("shutting down")
-			return
-		}
+	return c.do(func(m *master) error {
 		for range n {
-			c.m.addSlot()
+			m.addSlot()
 		}
+		return nil
 	})
-	return cmpErr(ok, err)
 }
 
-// Restart replaces the workers with the given pids (all when pids is
-// empty), readiness-gated and 1 + floor(n × RestartConcurrencyRatio) at a
-// time, from the binary at exe ("" means the file now at os.Executable()).
-// A replacement not ready within timeout (0 means BootTimeout) stops the
-// restart; the workers not yet replaced keep serving. reason is
-// ReasonRestart or ReasonUpgrade. It returns how many were replaced.
-func (c *Controller) Restart(pids []int, exe, reason string, timeout time.Duration) (int, error) {
-	type result struct {
-		n   int
-		err error
+// RestartOptions say which workers a restart or an upgrade replaces, and
+// how.
+type RestartOptions struct {
+	// PIDs are the workers to replace; none means every worker.
+	PIDs []int
+	// Executable is the binary the new workers start from. Default: the
+	// file now at os.Executable() (what a deploy replaces).
+	Executable string
+	// Timeout bounds each new worker's readiness; one not ready within it
+	// stops the restart. Default: BootTimeout.
+	Timeout time.Duration
+}
+
+// Restart replaces workers, readiness-gated, 1 + floor(n ×
+// RestartConcurrencyRatio) at a time, and returns how many it replaced.
+// A replacement that does not become ready stops it: the error wraps
+// ErrNotReady (and ErrBootTimeout when it timed out), and the workers not
+// yet replaced keep serving. New workers start with StartRestart and the
+// old ones exit with ExitRestart.
+func (c *Controller) Restart(o RestartOptions) (int, error) {
+	return c.roll(rollRestart, o)
+}
+
+// Upgrade is Restart with the reasons StartUpgrade and ExitUpgrade: the
+// command surface's upgrade onto another binary.
+func (c *Controller) Upgrade(o RestartOptions) (int, error) {
+	return c.roll(rollUpgrade, o)
+}
+
+func (c *Controller) roll(kind rollKind, o RestartOptions) (int, error) {
+	exe := o.Executable
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return 0, err
+		}
 	}
-	res := make(chan result, 1)
-	done := func(n int, err error) { res <- result{n, err} }
-	ok := c.m.call(func() {
-		m := c.m
-		if m.state != running {
-			done(0, errors.New("shutting down"))
-			return
-		}
-		slots, err := m.slotsOf(pids)
+	if _, err := os.Stat(exe); err != nil {
+		return 0, err
+	}
+	res := make(chan rollResult, 1)
+	err := c.do(func(m *master) error {
+		slots, err := m.slotsOf(o.PIDs)
 		if err != nil {
-			done(0, err)
-			return
+			return err
 		}
-		if exe == "" {
-			if exe, err = os.Executable(); err != nil {
-				done(0, err)
-				return
-			}
-		}
-		if _, err := os.Stat(exe); err != nil {
-			done(0, err)
-			return
-		}
-		m.startRoll(&roll{reason: reason, exe: exe, queue: slots, boot: timeout,
-			width: rollWidth(len(slots), m.c.RestartConcurrencyRatio), done: done})
+		m.startRoll(&roll{kind: kind, bin: &binary{path: exe}, queue: slots, boot: o.Timeout, full: len(o.PIDs) == 0,
+			width: rollWidth(len(slots), m.c.RestartConcurrencyRatio), result: res})
+		return nil
 	})
-	if !ok {
-		return 0, ErrStopped
+	if err != nil {
+		return 0, err
 	}
 	r := <-res
-	return r.n, r.err
+	return r.replaced, r.err
 }
 
 // StopWorkers drains the workers with the given pids and removes their
 // slots (never the last one), killing what still runs after timeout (0
-// means ShutdownTimeout). It returns once they have exited.
+// means ShutdownTimeout). It returns once they, and any replacement that
+// was booting beside them, have exited.
 func (c *Controller) StopWorkers(pids []int, timeout time.Duration) error {
-	var exited []chan struct{}
-	var err error
-	ok := c.m.call(func() {
-		m := c.m
-		slots, e := m.slotsOf(pids)
+	var gone []chan struct{}
+	err := c.do(func(m *master) error {
+		slots, err := m.slotsOf(pids)
 		switch {
-		case m.state != running:
-			err = errors.New("shutting down")
-		case e != nil:
-			err = e
+		case err != nil:
+			return err
 		case len(slots) >= m.activeSlots():
-			err = errors.New("that would stop every worker; use a shutdown of the whole service")
-		}
-		if err != nil {
-			return
+			return errors.New("that would stop every worker; use a shutdown of the whole service")
 		}
 		for _, s := range slots {
-			ch := make(chan struct{})
-			exited = append(exited, ch)
-			s.w.onExit = append(s.w.onExit, func() { close(ch) })
+			gone = append(gone, s.gone)
 			m.retireSlot(s, orDefault(timeout, m.c.ShutdownTimeout))
 		}
 		m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
+		return nil
 	})
-	if err = cmpErr(ok, err); err != nil {
+	if err != nil {
 		return err
 	}
-	for _, ch := range exited {
+	for _, ch := range gone {
 		<-ch
 	}
 	return nil
@@ -178,26 +192,31 @@ func (c *Controller) StopWorkers(pids []int, timeout time.Duration) error {
 // with timeout (0 means ShutdownTimeout) in place of ShutdownTimeout. It
 // returns at once; Serve returns once the workers are gone.
 func (c *Controller) Shutdown(timeout time.Duration) error {
-	var err error
-	ok := c.m.call(func() {
-		if c.m.state != running {
-			err = errors.New("already shutting down")
-			return
-		}
-		c.m.stopTimeout = orDefault(timeout, c.m.c.ShutdownTimeout)
-		c.m.shutdown("command")
+	return c.do(func(m *master) error {
+		m.stopTimeout = orDefault(timeout, m.c.ShutdownTimeout)
+		m.shutdown(nil)
+		return nil
 	})
-	return cmpErr(ok, err)
 }
 
 // Exit stops the service at once, as INT does.
 func (c *Controller) Exit() error {
-	return cmpErr(c.m.call(c.m.killAll), nil)
+	return c.m.call(c.m.killAll)
 }
 
-func cmpErr(ok bool, err error) error {
-	if !ok {
-		return ErrStopped
+// do runs fn on the master's goroutine while the master is running;
+// otherwise the error says why not (ErrStarting, ErrShuttingDown,
+// ErrStopped).
+func (c *Controller) do(fn func(m *master) error) error {
+	var err error
+	if cerr := c.m.call(func() {
+		if c.m.state != running {
+			err = ErrShuttingDown
+			return
+		}
+		err = fn(c.m)
+	}); cerr != nil {
+		return cerr
 	}
 	return err
 }
@@ -212,29 +231,17 @@ func orDefault(d, def time.Duration) time.Duration {
 // slotsOf maps worker pids to their slots; no pids means every slot.
 func (m *master) slotsOf(pids []int) ([]*slot, error) {
 	if len(pids) == 0 {
-		return slices.DeleteFunc(slices.Clone(m.slots), func(s *slot) bool { return s.removing }), nil
+		return m.liveSlots(), nil
 	}
 	var out []*slot
 	for _, pid := range pids {
-		i := slices.IndexFunc(m.slots, func(s *slot) bool { return s.w != nil && s.w.pid == pid && !s.removing })
+		i := slices.IndexFunc(m.slots, func(s *slot) bool {
+			return s.state != slotRetiring && s.w != nil && s.w.p.Pid() == pid
+		})
 		if i < 0 {
-			return nil, fmt.Errorf("no worker with pid %d", pid)
+			return nil, fmt.Errorf("%w %d", ErrNoSuchWorker, pid)
 		}
 		out = append(out, m.slots[i])
 	}
 	return out, nil
-}
-
-// status is the monitor's and the Controller's view: the published
-// snapshot, with mon's ECV state and each worker's RSS read now. It runs
-// on other goroutines: it reads only the snapshot and what never changes.
-func (m *master) status(mon *monitor) Status {
-	s := m.snap.Load()
-	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.String(),
-		Addr: m.listenAddr(), Workers: make([]WorkerStatus, len(s.workers))}
-	for i, ws := range s.workers {
-		ws.RSS = rss(ws.PID)
-		st.Workers[i] = ws
-	}
-	return st
 }

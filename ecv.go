@@ -1,7 +1,6 @@
 package flock
 
 import (
-	"cmp"
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
@@ -13,13 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
-// The monitor is the master's ECV port (SPEC §4): load balancers ask it
+// The monitor is the master's ECV port: load balancers ask it
 // whether to send this node traffic, operators take the node out of
 // rotation through it. It reads the master's published snapshot and sends
 // changes to the master's loop, so the disabled state lives in the master
@@ -90,22 +86,6 @@ func (mon *monitor) serve() {
 // file is the listener's socket for a new master to inherit, or nil.
 func (mon *monitor) file() *os.File { return mon.f }
 
-// dupFile copies a listener's descriptor into an os.File without
-// TCPListener.File, whose Fd (called by os/exec) would switch the socket,
-// shared with the listener, to blocking mode.
-func dupFile(ln syscall.Conn, name string) (*os.File, error) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var fd int
-	cerr := rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
-	if err = cmp.Or(cerr, err); err != nil {
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), name), nil
-}
-
 func (mon *monitor) addr() string {
 	if mon.ln == nil {
 		return ""
@@ -142,8 +122,8 @@ func (mon *monitor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		disable := strings.HasSuffix(r.URL.Path, "/disable")
-		if !mon.m.call(func() { mon.m.setDisabled(disable) }) {
-			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		if err := mon.m.call(func() { mon.m.setDisabled(disable) }); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -195,16 +175,6 @@ func (mon *monitor) ecv(w http.ResponseWriter, r *http.Request) {
 		state, code == http.StatusOK, mon.ip, mon.host, mon.port, time.Now().UTC().Format(time.RFC3339))
 }
 
-// Status is the monitor's JSON answer to GET /.
-type Status struct {
-	PID     int            `json:"pid"`
-	Started time.Time      `json:"started"`
-	ECV     string         `json:"ecv"`
-	State   string         `json:"state"` // running, draining, stopping
-	Addr    string         `json:"addr"`
-	Workers []WorkerStatus `json:"workers"`
-}
-
 // state is the ECV state for snapshot s, also when the monitor is off.
 func (mon *monitor) state(s *snapshot) string {
 	_, st := mon.evaluate(s)
@@ -218,10 +188,6 @@ func (mon *monitor) status(w http.ResponseWriter) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(st)
-}
-
-func (s masterState) String() string {
-	return [...]string{"running", "draining", "stopping"}[s]
 }
 
 // authorized: loopback callers (IPv4, IPv6, v4-mapped) always; others only
@@ -247,20 +213,6 @@ func keyMatches(r *http.Request, key string) bool {
 		got = bearer
 	}
 	return subtle.ConstantTimeCompare([]byte(got), []byte(key)) == 1
-}
-
-// rss is the resident set size of pid in bytes, 0 if unknown.
-func rss(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseInt(f[1], 10, 64)
-	return pages * int64(os.Getpagesize())
 }
 
 // nodeIP is the address load balancers know this node by: the first

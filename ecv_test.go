@@ -102,11 +102,11 @@ func TestMonitorStatusPage(t *testing.T) {
 	})
 	assert.Equal(t, a.PID, st.PID)
 	assert.Equal(t, "AVAILABLE", st.ECV)
-	assert.Equal(t, "running", st.State)
+	assert.Equal(t, MasterRunning, st.State)
 	assert.WithinDuration(t, time.Now(), st.Started, time.Minute)
 	require.Len(t, st.Workers, 2)
 	for _, w := range st.Workers {
-		assert.Equal(t, "ready", w.State)
+		assert.Equal(t, WorkerReady, w.State)
 		assert.Greater(t, w.RSS, int64(1<<20), "RSS of %d", w.PID)
 		assert.True(t, flocktest.Alive(w.PID))
 	}

@@ -47,8 +47,8 @@ func Example_production() {
 			return err
 		},
 		OnEvent: func(e flock.Event) {
-			if e.Kind == flock.EventExited && e.Reason == flock.ReasonCrash {
-				// count it in your metrics
+			if e.Kind == flock.EventExited && e.Exit.Failed() {
+				// count the crash (or hang) in your metrics
 			}
 		},
 	}
@@ -64,7 +64,7 @@ func Example_commands() {
 		Commands: []command.Command{
 			{Name: "flush-cache", Help: "drop every worker's cache", Level: command.Local,
 				Run: func(ctx context.Context, c *flock.Controller, args []any) (any, error) {
-					n, err := c.Restart(nil, "", flock.ReasonRestart, 0)
+					n, err := c.Restart(flock.RestartOptions{})
 					return fmt.Sprintf("%d workers restarted with empty caches", n), err
 				}},
 			{Name: "exit"}, // no Run: disabled

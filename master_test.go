@@ -40,7 +40,7 @@ func TestCrashedWorkerIsReforked(t *testing.T) {
 	pids := a.Started(2)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
 	exit := a.WaitFor("the crash", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "exited" })
-	assert.Equal(t, ReasonCrash, exit.Str("reason"))
+	assert.Equal(t, string(ExitCrash), exit.Str("reason"))
 	assert.Equal(t, "SIGKILL", exit.Str("signal"))
 	assert.Equal(t, "100ms", exit.Str("restart_in"))
 	again := a.WaitFor("a new worker in the slot", 5*time.Second, func(r flocktest.Rec) bool {
@@ -57,7 +57,7 @@ func TestBootFailureBacksOffThenGivesUp(t *testing.T) {
 	assert.Equal(t, 1, a.ExitCode(20*time.Second))
 	var delays []string
 	for _, e := range a.Events("exited") {
-		assert.Equal(t, ReasonCrash, e.Str("reason"))
+		assert.Equal(t, string(ExitCrash), e.Str("reason"))
 		assert.Equal(t, exitBootFailure, e.Int("status"))
 		delays = append(delays, e.Str("restart_in"))
 	}

@@ -51,7 +51,7 @@ func TestHUPRollingRestartUnderLoad(t *testing.T) {
 			}
 			for _, e := range a.Events("exited") {
 				assert.Contains(t, old, e.Int("pid"))
-				assert.Equal(t, ReasonRestart, e.Str("reason"))
+				assert.Equal(t, string(ExitRestart), e.Str("reason"))
 			}
 		})
 	}
@@ -88,11 +88,15 @@ func TestRecycle(t *testing.T) {
 			a.Started(2)
 			stop := flocktest.StartLoad(a.URL("/"), 4, true)
 			a.WaitUntil("two recycles", 20*time.Second, func() bool {
-				return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == ReasonRecycle })) >= 2
+				return len(a.Find(func(r flocktest.Rec) bool {
+					return r.Str("event") == "exited" && r.Str("reason") == string(ExitRecycle)
+				})) >= 2
 			})
 			res := stop()
 			assert.Zero(t, res.Failed.Load(), res.String())
-			assert.Empty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") != ReasonRecycle }))
+			assert.Empty(t, a.Find(func(r flocktest.Rec) bool {
+				return r.Str("event") == "exited" && r.Str("reason") != string(ExitRecycle)
+			}))
 			why := a.WaitFor("the reason", time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "flock: recycling worker" })
 			assert.Contains(t, why.Str("why"), name)
 		})
@@ -139,17 +143,17 @@ func TestTTOUUnderLoad(t *testing.T) {
 					time.Sleep(100 * time.Millisecond)
 				}
 				a.WaitUntil("3 workers gone", 10*time.Second, func() bool {
-					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("reason") == ReasonScaleDown })) == 3
+					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("reason") == string(ExitScaleDown) })) == 3
 				})
 				a.Signal(syscall.SIGTTIN)
 				a.WaitUntil("the new worker", 10*time.Second, func() bool {
-					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == ReasonScale })) == 1
+					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == string(StartScale) })) == 1
 				})
 				time.Sleep(300 * time.Millisecond)
 				res := stop()
 				t.Logf("%s: %s", mode.name, res)
 				assert.Zero(t, res.Failed.Load(), "%s: %s", mode.name, res)
-				adopted := len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == ReasonAdopt }))
+				adopted := len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == string(StartAdopt) }))
 				if migrate == "1" {
 					assert.Zero(t, adopted, "with migration the socket just closes")
 				} else {
@@ -187,7 +191,7 @@ func TestHeartbeatReplacesStoppedWorker(t *testing.T) {
 	e := a.WaitFor("the hung worker's exit", 10*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "exited" })
 	t.Logf("killed %v after SIGSTOP", time.Since(start))
 	assert.Equal(t, pids[0], e.Int("pid"))
-	assert.Equal(t, ReasonTimeout, e.Str("reason"))
+	assert.Equal(t, string(ExitTimeout), e.Str("reason"))
 	a.Started(3)
 	assert.True(t, flocktest.Alive(pids[1]), "the healthy worker is untouched")
 }
@@ -212,7 +216,7 @@ func TestBootTimeout(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1, InitDelay: time.Minute, BootTimeout: 300 * time.Millisecond})
 	a.Listening()
 	e := a.WaitFor("a boot timeout", 10*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "exited" })
-	assert.Equal(t, ReasonBootTimeout, e.Str("reason"))
+	assert.Equal(t, string(ExitBootTimeout), e.Str("reason"))
 	assert.NotEmpty(t, e.Str("restart_in"), "it is re-forked like a crash")
 	code, state := ecvState(a)
 	assert.Equal(t, 500, code)

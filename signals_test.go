@@ -32,7 +32,9 @@ func TestTTINAndTTOUBursts(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	scaledDown := func() []flocktest.Rec {
-		return a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == ReasonScaleDown })
+		return a.Find(func(r flocktest.Rec) bool {
+			return r.Str("event") == "exited" && r.Str("reason") == string(ExitScaleDown)
+		})
 	}
 	a.WaitUntil("4 scale-down exits", 10*time.Second, func() bool { return len(scaledDown()) == 4 })
 	a.WaitFor("TTOU refused below one worker", 5*time.Second, func(r flocktest.Rec) bool {
@@ -77,7 +79,7 @@ func TestGracefulShutdown(t *testing.T) {
 			require.NoError(t, <-inFlight)
 			assert.Equal(t, 0, a.ExitCode(10*time.Second))
 			for _, e := range a.Events("exited") {
-				assert.Equal(t, ReasonShutdown, e.Str("reason"))
+				assert.Equal(t, string(ExitShutdown), e.Str("reason"))
 				assert.Equal(t, 0, e.Int("status"))
 			}
 		})
@@ -115,7 +117,7 @@ func TestShutdownTimeout(t *testing.T) {
 	e := a.Events("exited")
 	require.Len(t, e, 1)
 	assert.Equal(t, pid, e[0].Int("pid"))
-	assert.Equal(t, ReasonKilled, e[0].Str("reason"))
+	assert.Equal(t, string(ExitKilled), e[0].Str("reason"))
 	assert.Equal(t, "SIGKILL", e[0].Str("signal"))
 }
 
@@ -141,7 +143,7 @@ func TestInterrupt(t *testing.T) {
 			for _, pid := range pids {
 				assert.False(t, flocktest.Alive(pid), "worker %d still alive", pid)
 			}
-			assert.NotEmpty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == ReasonKilled }))
+			assert.NotEmpty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == string(ExitKilled) }))
 		})
 	}
 }

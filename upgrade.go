@@ -40,6 +40,14 @@ type upgradeSpec struct {
 	Listeners []string `json:"listeners"` // extensions' listeners, by name, after the slots
 }
 
+// upgrades is the master's part in USR2, from either side.
+type upgrades struct {
+	upgrade   *upgrade   // under way, seen from the old master
+	inh       *inherited // what an old master handed down
+	heir      *os.File   // pipe to the old master, until the handover
+	announced bool       // READY=1 sent to systemd
+}
+
 // upgrade is an upgrade under way, seen from the old master.
 type upgrade struct {
 	cmd    *exec.Cmd
@@ -63,7 +71,7 @@ type inherited struct {
 func (m *master) startUpgrade() {
 	fail := func(err error) {
 		m.log.Error("flock: upgrade failed; this master keeps serving", "err", err)
-		m.emit(Event{Kind: EventUpgrade, Reason: "failed: " + err.Error()})
+		m.emit(Event{Kind: EventUpgrade, Phase: PhaseFailed, Err: err})
 	}
 	if m.upgrade != nil {
 		fail(fmt.Errorf("an upgrade is already under way (new master %d)", m.upgrade.cmd.Process.Pid))
@@ -86,28 +94,40 @@ func (m *master) startUpgrade() {
 		spec.Monitor = true
 		files = append(files, f)
 	}
-	for _, s := range m.slots {
-		if s.removing {
-			continue // TTOU: its socket is retired
+	// A given-up slot has no socket: the new master gets a fresh one, bound
+	// only for it and closed here once it has started, so that a failed
+	// upgrade leaves no listening socket without a worker behind.
+	var fresh []*os.File
+	defer func() {
+		for _, f := range fresh {
+			f.Close()
 		}
-		if s.sock == nil { // given up: the new master gets a fresh socket
-			f, err := m.bind()
-			if err != nil {
+	}()
+	for _, s := range m.slots {
+		f := s.sock
+		switch s.state {
+		case slotRetiring:
+			continue // TTOU: its socket is retired
+		case slotGaveUp:
+			var err error
+			if f, err = m.bind(); err != nil {
 				r.Close()
 				fail(err)
 				return
 			}
-			s.sock = f
+			fresh = append(fresh, f)
 		}
-		files = append(files, s.sock)
+		files = append(files, f)
 		spec.Slots++
 	}
 	spec.Spares = len(m.spares)
 	files = append(files, m.spares...)
+	m.extMu.Lock()
 	for _, name := range slices.Sorted(maps.Keys(m.extFiles)) {
 		spec.Listeners = append(spec.Listeners, name)
 		files = append(files, m.extFiles[name])
 	}
+	m.extMu.Unlock()
 	js, _ := json.Marshal(spec)
 	cmd := exec.Command(exe, os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
@@ -123,7 +143,7 @@ func (m *master) startUpgrade() {
 	u := &upgrade{cmd: cmd, began: time.Now()}
 	m.upgrade = u
 	sdNotify("RELOADING=1")
-	m.emit(Event{Kind: EventUpgrade, Reason: "began", PID: cmd.Process.Pid})
+	m.emit(Event{Kind: EventUpgrade, Phase: PhaseBegan, PID: cmd.Process.Pid})
 	u.timer = m.after(m.c.UpgradeTimeout, func() {
 		if m.upgrade == u && !u.handed {
 			m.rollback(u, fmt.Errorf("new master %d not ready within UpgradeTimeout %v; killed it", cmd.Process.Pid, m.c.UpgradeTimeout))
@@ -161,16 +181,13 @@ func (m *master) handedOver(u *upgrade) {
 	}
 	u.handed = true
 	u.timer.Stop()
-	m.log.Info("flock: new master took over; draining this one", "new_master", u.cmd.Process.Pid, "took", time.Since(u.began).Round(time.Millisecond))
-	m.emit(Event{Kind: EventUpgrade, Reason: "handed over", PID: u.cmd.Process.Pid})
+	took := time.Since(u.began)
+	m.log.Info("flock: new master took over; draining this one", "new_master", u.cmd.Process.Pid, "took", took.Round(time.Millisecond))
+	m.emit(Event{Kind: EventUpgrade, Phase: PhaseHandedOver, PID: u.cmd.Process.Pid, Took: took})
 	m.mon.close()
-	m.abortRolls(fmt.Errorf("upgraded to new master %d", u.cmd.Process.Pid))
-	for _, s := range m.slots {
-		if s.restart != nil {
-			s.restart.Stop()
-		}
-	}
-	m.stopAll(ReasonUpgrade)
+	m.abortRolls(fmt.Errorf("%w: upgraded to new master %d", ErrShuttingDown, u.cmd.Process.Pid))
+	m.stopRestarts()
+	m.stopAll(ExitUpgrade)
 }
 
 func (m *master) rollback(u *upgrade, err error) {
@@ -180,7 +197,7 @@ func (m *master) rollback(u *upgrade, err error) {
 		u.cmd.Process.Kill() // its workers follow: control-socket EOF and Pdeathsig
 	}
 	m.log.Error("flock: upgrade failed; this master keeps serving", "err", err)
-	m.emit(Event{Kind: EventUpgrade, Reason: "failed: " + err.Error(), PID: u.cmd.Process.Pid})
+	m.emit(Event{Kind: EventUpgrade, Phase: PhaseFailed, Err: err, PID: u.cmd.Process.Pid})
 	sdNotify("READY=1")
 }
 
@@ -235,8 +252,8 @@ func (inh *inherited) listener(name string) *os.File {
 	return inh.listeners[name]
 }
 
-// adopt takes the inherited slot sockets instead of binding new ones.
-func (m *master) adopt(inh *inherited) error {
+// inherit takes the inherited slot sockets instead of binding new ones.
+func (m *master) inherit(inh *inherited) error {
 	for _, f := range inh.slots {
 		var sa unix.Sockaddr
 		rc, err := f.SyscallConn()
@@ -248,8 +265,8 @@ func (m *master) adopt(inh *inherited) error {
 			return fmt.Errorf("flock: inherited socket: %v", err)
 		}
 		m.ip, m.port = sockAddr(sa)
-		m.slots = append(m.slots, &slot{id: m.next, sock: f})
-		m.next++
+		m.slots = append(m.slots, &slot{id: m.nextSlot, sock: f, bin: m.bin, gone: make(chan struct{})})
+		m.nextSlot++
 	}
 	if m.ip.IsUnspecified() {
 		m.ip = nil
@@ -265,7 +282,7 @@ func (m *master) adopt(inh *inherited) error {
 // On a first start it tells systemd it is ready.
 func (m *master) handoverIfReady() {
 	for _, s := range m.slots {
-		if !s.removing && (s.w == nil || !s.w.ready) {
+		if s.state != slotRetiring && (s.w == nil || s.w.state != workerReady) {
 			return
 		}
 	}
@@ -290,22 +307,4 @@ func (m *master) handoverIfReady() {
 	m.announced = true
 	sdNotify("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1")
 	m.log.Info("flock: took over from the old master")
-}
-
-// sdNotify sends state to systemd when it supervises us with Type=notify
-// (NOTIFY_SOCKET set): one datagram, the whole protocol we need.
-func sdNotify(state string) {
-	addr := os.Getenv("NOTIFY_SOCKET")
-	if addr == "" {
-		return
-	}
-	if addr[0] == '@' {
-		addr = "\x00" + addr[1:] // abstract namespace
-	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(fd)
-	unix.Sendto(fd, []byte(state), 0, &unix.SockaddrUnix{Name: addr})
 }

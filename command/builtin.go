@@ -49,7 +49,7 @@ func (s *surface) help(_ context.Context, _ *flock.Controller, args []any) (any,
 
 func health(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	for _, w := range c.Status().Workers {
-		if w.State == "ready" {
+		if w.State == flock.WorkerReady {
 			return "OK", nil
 		}
 	}
@@ -110,7 +110,7 @@ func restart(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	if len(rest) > 0 {
 		return nil, errUsage
 	}
-	return replaced(c.Restart(pids, "", flock.ReasonRestart, timeout))("restarted")
+	return replaced(c.Restart(flock.RestartOptions{PIDs: pids, Timeout: timeout}))("restarted")
 }
 
 func upgrade(_ context.Context, c *flock.Controller, args []any) (any, error) {
@@ -132,7 +132,7 @@ func upgrade(_ context.Context, c *flock.Controller, args []any) (any, error) {
 		}
 		path = p
 	}
-	return replaced(c.Restart(pids, path, flock.ReasonUpgrade, timeout))("upgraded")
+	return replaced(c.Upgrade(flock.RestartOptions{PIDs: pids, Executable: path, Timeout: timeout}))("upgraded")
 }
 
 // replaced words the outcome of a restart or upgrade.
@@ -141,7 +141,7 @@ func replaced(n int, err error) func(verb string) (any, error) {
 		switch {
 		case err != nil && !errors.Is(err, flock.ErrNotReady):
 			return nil, err // nothing was done
-		case err != nil && strings.Contains(err.Error(), "timed out"):
+		case errors.Is(err, flock.ErrBootTimeout):
 			return nil, fmt.Errorf("timed out: %s %s before: %v", count(n), verb, err)
 		case err != nil:
 			return nil, fmt.Errorf("%s %s, then: %v", count(n), verb, err)

@@ -194,30 +194,29 @@ func (s *surface) Stop() {
 func (s *surface) Event(e flock.Event) {
 	switch e.Kind {
 	case flock.EventUpgrade:
-		if e.Reason == "handed over" {
+		if e.Phase == flock.PhaseHandedOver {
 			s.Stop()
 		}
 	case flock.EventForked:
-		s.worker("workerStart", e)
+		s.worker("workerStart", string(e.Start), e)
 	case flock.EventExited:
-		s.worker("workerExit", e)
+		reason := string(e.Exit)
+		switch {
+		case e.Exit.Failed():
+			reason = "failure"
+		case e.Exit == flock.ExitScaleDown:
+			reason = "scale"
+		case e.Exit == flock.ExitKilled:
+			reason = "shutdown"
+		}
+		s.worker("workerExit", reason, e)
 	}
 }
 
-func (s *surface) worker(kind string, e flock.Event) {
-	if s.o.OnWorker == nil {
-		return
+func (s *surface) worker(kind, reason string, e flock.Event) {
+	if s.o.OnWorker != nil {
+		s.o.OnWorker(WorkerEvent{Kind: kind, PID: e.PID, Reason: reason, Time: e.Time})
 	}
-	reason := e.Reason
-	switch reason {
-	case flock.ReasonCrash, flock.ReasonTimeout, flock.ReasonBootTimeout:
-		reason = "failure"
-	case flock.ReasonScaleDown:
-		reason = "scale"
-	case flock.ReasonKilled:
-		reason = "shutdown"
-	}
-	s.o.OnWorker(WorkerEvent{Kind: kind, PID: e.PID, Reason: reason, Time: e.Time})
 }
 
 func (s *surface) ServeHTTP(w http.ResponseWriter, r *http.Request) {

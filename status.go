@@ -1,0 +1,111 @@
+package flock
+
+import (
+	"cmp"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Status describes the master and its workers: the monitor's JSON answer
+// to GET /, and Controller.Status.
+type Status struct {
+	PID     int            `json:"pid"`
+	Started time.Time      `json:"started"`
+	ECV     string         `json:"ecv"`
+	State   MasterState    `json:"state"`
+	Addr    string         `json:"addr"`
+	Workers []WorkerStatus `json:"workers"`
+}
+
+// MasterState is where the master is in its life.
+type MasterState string
+
+// The master's states.
+const (
+	MasterRunning  MasterState = "running"
+	MasterDraining MasterState = "draining" // graceful shutdown, waiting out DrainDelay
+	MasterStopping MasterState = "stopping" // workers told to stop; waiting for their exits
+)
+
+// WorkerStatus describes one worker.
+type WorkerStatus struct {
+	PID      int         `json:"pid"`
+	Slot     int         `json:"slot"`
+	State    WorkerState `json:"state"`
+	Started  time.Time   `json:"started"`
+	Requests int64       `json:"requests"` // served, as last reported (every second at most)
+	RSS      int64       `json:"rss"`      // resident memory in bytes, read from /proc when asked
+}
+
+// WorkerState is a worker's state as Status shows it.
+type WorkerState string
+
+// The worker states Status shows.
+const (
+	WorkerStarting WorkerState = "starting" // booting: Init has not returned, or it does not listen yet
+	WorkerReady    WorkerState = "ready"    // accepting connections
+	WorkerStopping WorkerState = "stopping" // draining, or killed and about to exit
+)
+
+// snapshot is what the master's state looks like from other goroutines:
+// rebuilt by the loop after every event, never modified once published.
+type snapshot struct {
+	state    masterState
+	disabled bool
+	ready    int // slots whose worker is ready
+	workers  []WorkerStatus
+}
+
+func (s masterState) public() MasterState {
+	return [...]MasterState{MasterRunning, MasterDraining, MasterStopping}[s]
+}
+
+func (m *master) publish() {
+	s := &snapshot{state: m.state, disabled: m.disabled}
+	for _, w := range m.workers {
+		st := WorkerStarting
+		switch w.state {
+		case workerReady:
+			st = WorkerReady
+			if w.slot.w == w {
+				s.ready++
+			}
+		case workerStopping, workerKilled:
+			st = WorkerStopping
+		}
+		s.workers = append(s.workers, WorkerStatus{PID: w.p.Pid(), Slot: w.slot.id, State: st, Started: w.started, Requests: w.counts.Requests})
+	}
+	slices.SortFunc(s.workers, func(a, b WorkerStatus) int { return cmp.Or(a.Slot-b.Slot, a.Started.Compare(b.Started)) })
+	m.snap.Store(s)
+}
+
+// status is the published snapshot, with mon's ECV state and each
+// worker's RSS read now. It runs on other goroutines: it reads only the
+// snapshot and what never changes.
+func (m *master) status(mon *monitor) Status {
+	s := m.snap.Load()
+	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(),
+		Addr: m.listenAddr(), Workers: make([]WorkerStatus, len(s.workers))}
+	for i, ws := range s.workers {
+		ws.RSS = rss(ws.PID)
+		st.Workers[i] = ws
+	}
+	return st
+}
+
+// rss is the resident set size of pid in bytes, 0 if unknown.
+func rss(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
