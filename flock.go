@@ -51,7 +51,8 @@
 // Crashed workers, and workers silent for Timeout (killed), are re-forked
 // with backoff (RestartDelay, RestartsPerMinute); what queued on their
 // socket meanwhile waits for the new one. Workers are recycled after
-// MaxRequests, above MaxMemory or past MaxUptime, and replaced on HUP: the
+// MaxRequests or MaxConnections, above MaxMemory or past MaxUptime, and
+// replaced on HUP: the
 // replacement starts beside the old worker, on the same socket, and the old
 // one drains only once the new one is ready, so no request fails.
 //
@@ -141,6 +142,11 @@ type Options struct {
 	// has served this many requests, plus a random jitter of up to 10 % so
 	// that workers do not recycle together. Default 0: never.
 	MaxRequests int
+
+	// MaxConnections recycles a worker after it has accepted this many
+	// connections (cluster2's connThreshold), plus a jitter of up to 10 %.
+	// Default 0: never.
+	MaxConnections int
 
 	// MaxMemory recycles a worker whose resident memory exceeds this many
 	// bytes (checked every 2 s). Default 0: never.

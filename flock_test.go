@@ -52,6 +52,7 @@ type appSpec struct {
 	BootTimeout    time.Duration
 	Timeout        time.Duration
 	MaxRequests    int
+	MaxConnections int
 	MaxUptime      time.Duration
 	MaxMemory      int64
 	UpgradeTimeout time.Duration
@@ -77,7 +78,7 @@ func runTestApp(js string) int {
 		TLSCertFile: s.TLSCert, TLSKeyFile: s.TLSKey, User: s.User, Logger: log,
 		MonitorAddr: s.Monitor, MonitorProbe: s.Probe, MonitorProbeTimeout: s.ProbeTimeout,
 		AccessKey: s.AccessKey, MonitorReadOnly: s.ReadOnly,
-		BootTimeout: s.BootTimeout, Timeout: s.Timeout, MaxRequests: s.MaxRequests,
+		BootTimeout: s.BootTimeout, Timeout: s.Timeout, MaxRequests: s.MaxRequests, MaxConnections: s.MaxConnections,
 		MaxUptime: s.MaxUptime, MaxMemory: s.MaxMemory, UpgradeTimeout: s.UpgradeTimeout,
 	}
 	// FLOCK_TEST_BREAK makes a "broken binary" of the same executable (a
@@ -178,6 +179,7 @@ func TestResolveRejects(t *testing.T) {
 		{Options{RestartDelay: -1}, nil, "RestartDelay -1ns"},
 		{Options{RestartsPerMinute: -2}, nil, "RestartsPerMinute -2"},
 		{Options{WorkerGOMAXPROCS: -1}, nil, "WorkerGOMAXPROCS -1"},
+		{Options{MaxConnections: -1}, nil, "MaxConnections -1"},
 		{Options{TLSCertFile: "cert.pem"}, nil, `TLSCertFile "cert.pem" and TLSKeyFile ""`},
 		{Options{TLSCertFile: "/nonexistent.pem", TLSKeyFile: "/nonexistent.key"}, nil, `TLSCertFile "/nonexistent.pem"`},
 		{Options{User: "no-such-user-here"}, nil, `User "no-such-user-here": no such user`},

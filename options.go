@@ -83,6 +83,9 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 	if o.MaxRequests < 0 {
 		return nil, fmt.Errorf("flock: MaxRequests %d: must not be negative (0 means never)", o.MaxRequests)
 	}
+	if o.MaxConnections < 0 {
+		return nil, fmt.Errorf("flock: MaxConnections %d: must not be negative (0 means never)", o.MaxConnections)
+	}
 	if o.MaxMemory < 0 {
 		return nil, fmt.Errorf("flock: MaxMemory %d: must not be negative (0 means never)", o.MaxMemory)
 	}

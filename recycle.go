@@ -15,6 +15,7 @@ import (
 // MaxMemory has none: memory is what it is.
 type limits struct {
 	requests int64
+	conns    int64
 	uptime   time.Duration
 	memory   int64
 }
@@ -22,6 +23,7 @@ type limits struct {
 func (m *master) newLimits() limits {
 	return limits{
 		requests: jitter(int64(m.c.MaxRequests)),
+		conns:    jitter(int64(m.c.MaxConnections)),
 		uptime:   time.Duration(jitter(int64(m.c.MaxUptime))),
 		memory:   m.c.MaxMemory,
 	}
@@ -40,6 +42,8 @@ func (m *master) due(w *worker) string {
 	switch l := w.limits; {
 	case l.requests > 0 && w.counts.Requests >= l.requests:
 		return fmt.Sprintf("served %d requests (MaxRequests %d with jitter)", w.counts.Requests, m.c.MaxRequests)
+	case l.conns > 0 && w.counts.Connections >= l.conns:
+		return fmt.Sprintf("accepted %d connections (MaxConnections %d with jitter)", w.counts.Connections, m.c.MaxConnections)
 	case l.uptime > 0 && time.Since(w.started) >= l.uptime:
 		return fmt.Sprintf("up for %v (MaxUptime %v with jitter)", l.uptime, m.c.MaxUptime)
 	case l.memory > 0 && w.rss > l.memory:

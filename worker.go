@@ -115,11 +115,11 @@ func runWorker(h http.Handler, c *config) error {
 		close(fromMaster) // EOF: the master is gone
 	}()
 
-	// The master shows how many requests each worker served; tell it at
-	// most once a second, and not at all while idle.
+	// The master shows how many requests each worker served (and recycles
+	// on counts); tell it at most once a second, and not at all while idle.
 	report := time.NewTicker(time.Second)
 	defer report.Stop()
-	var reported int64
+	var reported, reportedConns int64
 	budget := c.ShutdownTimeout
 	for stop := false; !stop; {
 		select {
@@ -127,6 +127,10 @@ func runWorker(h http.Handler, c *config) error {
 			if n := requests.Load(); n != reported {
 				reported = n
 				fmt.Fprintf(ctrl, "requests %d\n", n)
+			}
+			if n := conns.accepted.Load(); n != reportedConns {
+				reportedConns = n
+				fmt.Fprintf(ctrl, "connections %d\n", n)
 			}
 		case line, ok := <-fromMaster:
 			switch {
@@ -200,6 +204,8 @@ func drain(srv *http.Server, lns []net.Listener, served <-chan error, conns *con
 // Hijacked connections are the handler's business; HTTP/2 connections are
 // drained by Shutdown's GOAWAY, which loses nothing.
 type connTracker struct {
+	accepted atomic.Int64 // every connection ever, for MaxConnections
+
 	mu   sync.Mutex
 	open map[net.Conn]struct{}
 	none chan struct{} // closed while open is empty
@@ -216,6 +222,7 @@ func (t *connTracker) track(c net.Conn, s http.ConnState) {
 	defer t.mu.Unlock()
 	switch s {
 	case http.StateNew:
+		t.accepted.Add(1)
 		if len(t.open) == 0 {
 			t.none = make(chan struct{})
 		}

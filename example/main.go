@@ -42,6 +42,7 @@ func main() {
 	flag.DurationVar(&o.BootTimeout, "boot-timeout", 0, "a worker not ready within this is killed (default 60s)")
 	flag.DurationVar(&o.Timeout, "timeout", 0, "heartbeat: a worker silent this long is killed and replaced (default 30s)")
 	flag.IntVar(&o.MaxRequests, "max-requests", 0, "recycle a worker after this many requests, plus up to 10% jitter (0: never)")
+	flag.IntVar(&o.MaxConnections, "max-connections", 0, "recycle a worker after this many accepted connections, plus up to 10% jitter (0: never)")
 	flag.Int64Var(&o.MaxMemory, "max-memory", 0, "recycle a worker above this RSS in bytes (0: never)")
 	flag.DurationVar(&o.MaxUptime, "max-uptime", 0, "recycle a worker after this long (0: never)")
 	flag.Float64Var(&o.RestartConcurrencyRatio, "restart-concurrency-ratio", 0, "HUP replaces 1 + floor(workers × ratio) at once (default 0.33)")
