@@ -56,6 +56,8 @@ type appSpec struct {
 	MaxUptime      time.Duration
 	MaxMemory      int64
 	UpgradeTimeout time.Duration
+
+	Extension bool // a testExtension (control_test.go) that calls the Controller from everywhere it may
 }
 
 func TestMain(m *testing.M) {
@@ -82,12 +84,19 @@ func runTestApp(js string) int {
 		MaxUptime: s.MaxUptime, MaxMemory: s.MaxMemory, UpgradeTimeout: s.UpgradeTimeout,
 	}
 	// FLOCK_TEST_BREAK makes a "broken binary" of the same executable (a
-	// wrapper script sets it): its workers fail at boot.
+	// wrapper script sets it): its workers fail at boot. FLOCK_TEST_HANG_SLOT
+	// makes the worker of that slot never get ready.
 	switch {
 	case s.FailBoot || os.Getenv("FLOCK_TEST_BREAK") != "":
 		o.Init = func() error { return errors.New("init refuses on purpose") }
+	case os.Getenv("FLOCK_TEST_HANG_SLOT") == strconv.Itoa(WorkerSlot()):
+		o.Init = func() error { time.Sleep(time.Minute); return nil }
 	case s.InitDelay > 0:
 		o.Init = func() error { time.Sleep(s.InitDelay); return nil }
+	}
+	if s.Extension {
+		x := &testExtension{log: log}
+		o.Extensions, o.OnEvent = []Extension{x}, x.onEvent
 	}
 	pid := strconv.Itoa(os.Getpid())
 	mux := http.NewServeMux()

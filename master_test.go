@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -150,4 +151,19 @@ func TestWorkerRestartUnderLoadLosesNothing(t *testing.T) {
 			t.Log(res)
 		})
 	}
+}
+
+// A worker still in Init when its master dies exits too: it has accepted
+// nothing, so it goes at once.
+func TestBootingWorkersDieWithMaster(t *testing.T) {
+	a := startApp(t, appSpec{Workers: 2, InitDelay: time.Minute})
+	a.Listening()
+	a.WaitUntil("2 workers forked", 10*time.Second, func() bool { return len(a.Events("forked")) == 2 })
+	var pids []int
+	for _, r := range a.Events("forked") {
+		pids = append(pids, r.Int("pid"))
+	}
+	require.NoError(t, syscall.Kill(a.PID, syscall.SIGKILL))
+	ok := flocktest.Poll(2*time.Second, func() bool { return !slices.ContainsFunc(pids, flocktest.Alive) })
+	assert.True(t, ok, "booting workers outlived their master")
 }

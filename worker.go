@@ -49,8 +49,16 @@ func runWorker(h http.Handler, c *config) error {
 		log.Error("flock: worker cannot start", "step", what, "err", err)
 		os.Exit(exitBootFailure)
 	}
+	fromMaster := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(ctrl)
+		for sc.Scan() {
+			fromMaster <- sc.Text()
+		}
+		close(fromMaster) // EOF: the master is gone
+	}()
 	if c.Init != nil {
-		if err := c.Init(); err != nil {
+		if err := bootInit(c.Init, fromMaster, stopSig, log); err != nil {
 			fail("Init", err)
 		}
 	}
@@ -106,15 +114,6 @@ func runWorker(h http.Handler, c *config) error {
 		log.Warn("flock: cannot reach the master", "err", err)
 	}
 
-	fromMaster := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(ctrl)
-		for sc.Scan() {
-			fromMaster <- sc.Text()
-		}
-		close(fromMaster) // EOF: the master is gone
-	}()
-
 	// The master shows how many requests each worker served (and recycles
 	// on counts); tell it at most once a second, and not at all while idle.
 	report := time.NewTicker(time.Second)
@@ -155,6 +154,28 @@ func runWorker(h http.Handler, c *config) error {
 	}
 	drain(srv, lns, served, conns, budget)
 	return nil
+}
+
+// bootInit runs Init, and exits the process if the master goes or asks it
+// to stop meanwhile: it has accepted nothing yet, so nothing is lost, and a
+// worker stuck in Init must not outlive its master.
+func bootInit(init func() error, fromMaster <-chan string, stopSig <-chan os.Signal, log *slog.Logger) error {
+	done := make(chan error, 1)
+	go func() { done <- init() }()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case line, ok := <-fromMaster:
+			if !ok || line == "stop" {
+				log.Info("flock: worker stopped before it was ready", "master_gone", !ok)
+				os.Exit(0)
+			}
+		case sig := <-stopSig:
+			log.Info("flock: worker stopped before it was ready", "signal", signalName(sig))
+			os.Exit(0)
+		}
+	}
 }
 
 // drain stops srv without losing a request on a connection already
