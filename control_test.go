@@ -20,9 +20,8 @@ type testExtension struct {
 	log *slog.Logger
 	ctl *Controller
 
-	mu        sync.Mutex
-	added     map[string]bool
-	startedAt time.Time
+	mu    sync.Mutex
+	added map[string]bool
 }
 
 func (x *testExtension) Start(c *Controller) error {

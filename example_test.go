@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/flockhq/flock"
@@ -30,6 +31,7 @@ func Example() {
 // that grow, and open the database pool only in workers.
 func Example_production() {
 	var db *sql.DB
+	var failures atomic.Int64 // read it from your metrics
 	o := flock.Options{
 		Addr:            ":8080",
 		Workers:         8,
@@ -48,7 +50,7 @@ func Example_production() {
 		},
 		OnEvent: func(e flock.Event) {
 			if e.Kind == flock.EventExited && e.Exit.Failed() {
-				// count the crash (or hang) in your metrics
+				failures.Add(1) // a crash, a hang or a boot timeout
 			}
 		},
 	}

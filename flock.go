@@ -66,9 +66,21 @@
 //
 // # Extensions
 //
-// Options.Extensions run in the master and act on it through a Controller;
+// Options.Extensions run in the master and act on it through a Controller
+// (add, restart, upgrade or stop workers, shut down, read the Status);
 // package command, a node-cluster-service compatible command surface with
-// the flockctl CLI, is one.
+// the flockctl CLI, is one. Events reach OnEvent and the extensions on a
+// goroutine of their own, so a callback may call the Controller.
+//
+// # Source layout
+//
+// One file per responsibility: master.go (the loop that owns all state),
+// state.go (slot and worker states and their transitions), spawn.go (the
+// seam to a worker process), supervise.go (readiness, heartbeat, exits,
+// back-off), scale.go, shutdown.go, roll.go (readiness-gated replacement),
+// recycle.go, sockets.go, upgrade.go (USR2), events.go, status.go,
+// control.go (the Controller), ecv.go (the monitor), signals.go, worker.go
+// (the worker side), options.go (defaults and validation).
 //
 // # Platforms
 //
@@ -180,8 +192,10 @@ type Options struct {
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 
-	// OnEvent, when set, is called in the master for every Event, from the
-	// master's own goroutine: it must return quickly.
+	// OnEvent, when set, is called in the master for every Event, in order,
+	// on a goroutine of its own (the master does not wait for it), once the
+	// state the event reports shows in Status. When Serve returns it has
+	// heard every event, EventStopped last, unless a call hung for 5 s.
 	OnEvent func(Event)
 
 	// PIDFile, when set, is where the master writes its pid (atomically, by

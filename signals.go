@@ -8,8 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// What a signal asks of the master. The table below is the whole contract
-// (SPEC §2); master.onSignal carries it out.
+// What a signal asks of the master. The table below is the whole contract;
+// master.onSignal carries it out.
 type action int
 
 const (
@@ -17,8 +17,8 @@ const (
 	actRemoveWorker               // TTOU
 	actGraceful                   // QUIT, TERM
 	actImmediate                  // INT
-	actRoll                       // HUP: rolling restart (not yet)
-	actUpgrade                    // USR2: binary upgrade (not yet)
+	actRoll                       // HUP: rolling restart
+	actUpgrade                    // USR2: binary upgrade
 )
 
 var masterSignals = map[os.Signal]action{
