@@ -88,14 +88,18 @@ func (c *Controller) Status() Status {
 	return c.m.status(c.m.mon)
 }
 
-// AddWorkers starts n more workers, as n TTIN signals would.
+// AddWorkers starts n more workers, as n TTIN signals would. It stops at
+// the first that cannot be added (the error wraps ErrNoResources when the
+// master is short of file descriptors).
 func (c *Controller) AddWorkers(n int) error {
 	if n < 1 {
 		return fmt.Errorf("count %d: must be at least 1", n)
 	}
 	return c.do(func(m *master) error {
-		for range n {
-			m.addSlot()
+		for i := range n {
+			if err := m.addSlot(); err != nil {
+				return fmt.Errorf("%d of %d workers added: %w", i, n, err)
+			}
 		}
 		return nil
 	})
@@ -138,20 +142,23 @@ func (c *Controller) roll(kind rollKind, o RestartOptions) (int, error) {
 			return 0, err
 		}
 	}
-	if _, err := os.Stat(exe); err != nil {
+	bin, err := openBinary(exe, exe) // here, not on the master's goroutine: it reads the file
+	if err != nil {
 		return 0, err
 	}
 	res := make(chan rollResult, 1)
-	err := c.do(func(m *master) error {
+	err = c.do(func(m *master) error {
 		slots, err := m.slotsOf(o.PIDs)
 		if err != nil {
 			return err
 		}
-		m.startRoll(&roll{kind: kind, bin: &binary{path: exe}, queue: slots, boot: o.Timeout, full: len(o.PIDs) == 0,
+		m.binaries = append(m.binaries, bin)
+		m.startRoll(&roll{kind: kind, bin: bin, queue: slots, boot: o.Timeout, full: len(o.PIDs) == 0,
 			width: rollWidth(len(slots), m.c.RestartConcurrencyRatio), result: res})
 		return nil
 	})
 	if err != nil {
+		bin.f.Close()
 		return 0, err
 	}
 	r := <-res

@@ -39,7 +39,6 @@ const (
 	StartRestart StartReason = "restart" // a rolling restart (HUP, restart command)
 	StartUpgrade StartReason = "upgrade" // an upgrade command onto another binary
 	StartRecycle StartReason = "recycle" // replacing a worker past MaxRequests, MaxConnections, MaxMemory or MaxUptime
-	StartAdopt   StartReason = "adopt"   // replacing a worker so that a removed worker's socket is served (TTOU)
 )
 
 // ExitReason says why a worker exited (Event.Exit).
@@ -54,7 +53,6 @@ const (
 	ExitRestart     ExitReason = "restart"      // replaced by a rolling restart
 	ExitUpgrade     ExitReason = "upgrade"      // replaced by an upgrade, or drained after a new master took over (USR2)
 	ExitRecycle     ExitReason = "recycle"      // replaced after MaxRequests, MaxConnections, MaxMemory or MaxUptime
-	ExitAdopt       ExitReason = "adopt"        // replaced by one that also serves a removed worker's socket (TTOU)
 	ExitTimeout     ExitReason = "timeout"      // killed: did not answer the heartbeat within Timeout
 	ExitBootTimeout ExitReason = "boot-timeout" // killed: not ready within BootTimeout
 )

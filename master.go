@@ -20,7 +20,9 @@ type master struct {
 	c        *config
 	log      *slog.Logger
 	launcher launcher
-	bin      *binary // what new slots start from: this program, then the last full roll's
+	bin      *binary   // what new slots start from: this program, then the last full roll's
+	binaries []*binary // every binary pinned, until nothing refers to it
+	quiet    *limiter  // log lines on paths that can repeat
 
 	sockets
 	slots    []*slot // in creation order, retiring ones included
@@ -76,7 +78,7 @@ func runMaster(c *config) error {
 		c:           c,
 		log:         c.Logger,
 		launcher:    flockLauncher{log: c.Logger},
-		bin:         &binary{path: "/proc/self/exe"},
+		quiet:       newLimiter(time.Second),
 		stopTimeout: c.ShutdownTimeout,
 		workers:     map[proc]*worker{},
 		started:     time.Now(),
@@ -108,6 +110,14 @@ func (c *config) eventSinks() []func(Event) {
 
 // run sets the master up, runs the loop, and tears down in reverse order.
 func (m *master) run() error {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/proc/self/exe"
+	}
+	if m.bin, err = m.pinBinary("/proc/self/exe", exe); err != nil {
+		return fmt.Errorf("flock: %w", err)
+	}
+	defer m.closeBinaries()
 	inh, err := inheritance()
 	if err != nil {
 		return err
@@ -195,6 +205,7 @@ func (m *master) loop(sigs <-chan os.Signal) error {
 			m.state = stopping
 			m.abortRolls(m.err)
 		}
+		m.releaseBinaries()
 		m.commit()
 		if m.state == stopping && len(m.workers) == 0 {
 			return m.err

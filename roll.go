@@ -14,15 +14,15 @@ import (
 // on the slot's socket beside the old one, which drains only once the new
 // one is ready. The first replacement that fails stops the roll; the
 // workers not yet replaced keep serving. HUP, the restart and upgrade
-// commands, recycling and spare adoption all go through here, one roll at
-// a time: a roll asked for while another runs waits for it.
+// commands and recycling all go through here, one roll at a time: a roll
+// asked for while another runs waits for it.
 type roll struct {
 	kind   rollKind
 	bin    *binary       // what the new workers start from
 	queue  []*slot       // slots still to replace
 	expect *worker       // replace only if this is still the slot's worker (recycling, adoption)
 	boot   time.Duration // each replacement's boot timeout; 0 means BootTimeout
-	full   bool          // every slot: once it succeeds, new slots start from bin too
+	full   bool          // every slot (queue and width are set when it starts); once it succeeds, new slots start from bin too
 	width  int           // replacements at once
 	result chan<- rollResult
 
@@ -43,20 +43,19 @@ const (
 	rollRestart rollKind = iota // HUP, the restart command
 	rollUpgrade                 // the upgrade command
 	rollRecycle                 // MaxRequests, MaxConnections, MaxMemory, MaxUptime
-	rollAdopt                   // a worker that serves every spare (TTOU)
 )
 
 func (k rollKind) start() StartReason {
-	return [...]StartReason{StartRestart, StartUpgrade, StartRecycle, StartAdopt}[k]
+	return [...]StartReason{StartRestart, StartUpgrade, StartRecycle}[k]
 }
 
 func (k rollKind) exit() ExitReason {
-	return [...]ExitReason{ExitRestart, ExitUpgrade, ExitRecycle, ExitAdopt}[k]
+	return [...]ExitReason{ExitRestart, ExitUpgrade, ExitRecycle}[k]
 }
 
 // quiet rolls are the master's own housekeeping: no roll events, nothing
 // told to systemd.
-func (k rollKind) quiet() bool { return k == rollRecycle || k == rollAdopt }
+func (k rollKind) quiet() bool { return k == rollRecycle }
 
 // ErrNotReady is in the error of a roll that stopped because a new worker
 // did not become ready; ErrBootTimeout too when it timed out.
@@ -66,19 +65,24 @@ var (
 )
 
 // rollAll replaces every worker, 1 + floor(n × RestartConcurrencyRatio) at
-// a time, from the file now at os.Executable() (what a deploy replaces).
+// a time, from the file now at os.Executable() (what a deploy replaces),
+// pinned now.
 func (m *master) rollAll(kind rollKind, result chan<- rollResult) {
 	exe, err := os.Executable()
+	var bin *binary
+	if err == nil {
+		bin, err = m.pinBinary(exe, exe)
+	}
 	if err != nil {
-		m.log.Error("flock: cannot find the executable for a rolling restart", "err", err)
+		err = fmt.Errorf("%w: %w", ErrNotReady, err)
+		m.log.Error("flock: rolling restart not started", "err", err)
+		m.emit(Event{Kind: EventRoll, Phase: PhaseFailed, Err: err})
 		if result != nil {
 			result <- rollResult{err: err}
 		}
 		return
 	}
-	slots := m.liveSlots()
-	m.startRoll(&roll{kind: kind, bin: &binary{path: exe}, queue: slots, full: true,
-		width: rollWidth(len(slots), m.c.RestartConcurrencyRatio), result: result})
+	m.startRoll(&roll{kind: kind, bin: bin, full: true, result: result})
 }
 
 // liveSlots are the slots that are not going away.
@@ -105,6 +109,10 @@ func (m *master) startRoll(r *roll) {
 	}
 	r.began = time.Now()
 	m.roll = r
+	if r.full { // the slots of now, not of when it was asked for
+		r.queue = m.liveSlots()
+		r.width = rollWidth(len(r.queue), m.c.RestartConcurrencyRatio)
+	}
 	if !r.kind.quiet() {
 		sdNotify("RELOADING=1")
 		m.emit(Event{Kind: EventRoll, Phase: PhaseBegan, Workers: len(r.queue)})
@@ -144,7 +152,6 @@ func (m *master) rollMore() {
 		m.pending = m.pending[1:]
 		m.startRoll(next)
 	}
-	m.adoptSpares()
 }
 
 // replace starts the new worker of slot s for roll r: beside its worker,

@@ -1,20 +1,42 @@
 package flock
 
 import (
+	"log/slog"
 	"slices"
 	"time"
 )
 
 // Scaling: TTIN adds a slot, TTOU (and the stop command) retire one.
 
-func (m *master) addSlot() {
-	s, err := m.newSlot()
+// addSlot adds a slot and starts its worker. During a roll of every
+// worker it starts from the roll's binary and the roll waits for it too,
+// so that after a roll every worker runs the same binary.
+func (m *master) addSlot() error {
+	need := fdsToStart + 1 // and its socket, unless it reuses a spare
+	if len(m.spares) > 0 {
+		need--
+	}
+	err := checkFDs("one more worker", need)
+	var s *slot
+	if err == nil {
+		s, err = m.newSlot()
+	}
 	if err != nil {
-		m.log.Error("flock: TTIN failed", "err", err)
-		return
+		m.quiet.log(m.log, slog.LevelError, "ttin", "flock: cannot add a worker", "err", err)
+		return err
 	}
 	m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
-	m.fork(s, StartScale)
+	r := m.roll
+	if r == nil || !r.full {
+		m.fork(s, StartScale)
+		return nil
+	}
+	s.bin = r.bin
+	if m.fork(s, StartScale); s.w != nil {
+		s.w.roll = r
+		r.active++
+	}
+	return nil
 }
 
 // removeSlot takes one slot away: preferably one with no worker (given

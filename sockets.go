@@ -3,6 +3,7 @@ package flock
 import (
 	"cmp"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -87,11 +88,12 @@ func (m *master) closeSockets() {
 
 // retireSocket takes a removed slot's socket out of service. With
 // net.ipv4.tcp_migrate_req=1 closing it loses nothing: the kernel hands
-// what is queued on it to the port's other sockets. Without, closing would
-// reset those connections, so the master keeps the socket open as a spare,
-// queue and all: every worker started from now on accepts on the spares
-// too, and if no running worker has them all, one is replaced (readiness-
-// gated) to take them over. A later TTIN reuses a spare as its socket.
+// what is queued on it to the port's other sockets once the last worker
+// holding it has closed it too. Without, closing would reset those
+// connections, so the master keeps the socket open as a spare, queue and
+// all, and hands it to every running worker, which accepts on it too
+// (workers started later inherit every spare). A later TTIN reuses a
+// spare as its socket.
 func (m *master) retireSocket(s *slot) {
 	if s.sock == nil {
 		return
@@ -102,28 +104,33 @@ func (m *master) retireSocket(s *slot) {
 	}
 	m.spares = append(m.spares, s.sock)
 	s.sock = nil
-	m.adoptSpares()
+	m.shareSpares()
 }
 
-// adoptSpares makes sure some running worker accepts on every spare.
-func (m *master) adoptSpares() {
-	if len(m.spares) == 0 || m.roll != nil || len(m.pending) > 0 || m.state != running {
-		return // a roll under way starts its workers with every spare
-	}
-	var pick *slot
-	for _, s := range m.slots {
-		if s.state != slotActive || s.w.going() {
+// spareTaker is a proc that can accept on one more socket while it runs.
+// A kind that cannot (sockets passed at start only) serves the spares of
+// the workers started after them.
+type spareTaker interface {
+	TakeSpare(f *os.File) error
+}
+
+// shareSpares hands every spare to every running worker that lacks it.
+func (m *master) shareSpares() {
+	for _, w := range m.workers {
+		t, ok := w.p.(spareTaker)
+		if !ok || w.going() {
 			continue
 		}
-		if !slices.ContainsFunc(m.spares, func(f *os.File) bool { return !slices.Contains(s.w.spares, f) }) {
-			return // it has them all
+		for _, f := range m.spares {
+			if slices.Contains(w.spares, f) {
+				continue
+			}
+			if err := t.TakeSpare(f); err != nil {
+				m.quiet.log(m.log, slog.LevelWarn, "spare", "flock: cannot hand a spare socket to a worker", "pid", w.p.Pid(), "err", err)
+				continue
+			}
+			w.spares = append(w.spares, f)
 		}
-		if pick == nil {
-			pick = s
-		}
-	}
-	if pick != nil {
-		m.startRoll(&roll{kind: rollAdopt, bin: pick.bin, queue: []*slot{pick}, expect: pick.w, width: 1})
 	}
 }
 

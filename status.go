@@ -17,6 +17,7 @@ type Status struct {
 	ECV     string         `json:"ecv"`
 	State   MasterState    `json:"state"`
 	Addr    string         `json:"addr"`
+	Binary  Binary         `json:"binary"` // what new workers start from
 	Workers []WorkerStatus `json:"workers"`
 }
 
@@ -38,6 +39,7 @@ type WorkerStatus struct {
 	Started  time.Time   `json:"started"`
 	Requests int64       `json:"requests"` // served, as last reported (every second at most)
 	RSS      int64       `json:"rss"`      // resident memory in bytes, read from /proc when asked
+	Binary   Binary      `json:"binary"`   // what it runs
 }
 
 // WorkerState is a worker's state as Status shows it.
@@ -55,6 +57,7 @@ const (
 type snapshot struct {
 	state    masterState
 	disabled bool
+	bin      Binary
 	ready    int // slots whose worker is ready
 	workers  []WorkerStatus
 }
@@ -64,7 +67,7 @@ func (s masterState) public() MasterState {
 }
 
 func (m *master) publish() {
-	s := &snapshot{state: m.state, disabled: m.disabled}
+	s := &snapshot{state: m.state, disabled: m.disabled, bin: m.bin.public()}
 	for _, w := range m.workers {
 		st := WorkerStarting
 		switch w.state {
@@ -76,7 +79,8 @@ func (m *master) publish() {
 		case workerStopping, workerKilled:
 			st = WorkerStopping
 		}
-		s.workers = append(s.workers, WorkerStatus{PID: w.p.Pid(), Slot: w.slot.id, State: st, Started: w.started, Requests: w.counts.Requests})
+		s.workers = append(s.workers, WorkerStatus{PID: w.p.Pid(), Slot: w.slot.id, State: st, Started: w.started,
+			Requests: w.counts.Requests, Binary: w.bin.public()})
 	}
 	slices.SortFunc(s.workers, func(a, b WorkerStatus) int { return cmp.Or(a.Slot-b.Slot, a.Started.Compare(b.Started)) })
 	m.snap.Store(s)
@@ -88,7 +92,7 @@ func (m *master) publish() {
 func (m *master) status(mon *monitor) Status {
 	s := m.snap.Load()
 	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(),
-		Addr: m.listenAddr(), Workers: make([]WorkerStatus, len(s.workers))}
+		Addr: m.listenAddr(), Binary: s.bin, Workers: make([]WorkerStatus, len(s.workers))}
 	for i, ws := range s.workers {
 		ws.RSS = rss(ws.PID)
 		st.Workers[i] = ws

@@ -1,7 +1,6 @@
 package flock
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -22,7 +21,7 @@ import (
 // Inherited file descriptors (exec.Cmd.ExtraFiles: entry i is fd 3+i).
 const (
 	fdListener = 3 // the slot's socket, bound by the master
-	fdControl  = 4 // the control socket pair; EOF means the master is gone
+	fdControl  = 4 // the control socket pair; EOF means the master is gone (see protocol.go)
 )
 
 // orphanGrace bounds the drain when the master has died: workers must be
@@ -35,30 +34,29 @@ func runWorker(h http.Handler, c *config) error {
 	stopSig := make(chan os.Signal, 1)
 	signal.Notify(stopSig, workerStop...)
 	masterPID, _ := strconv.Atoi(os.Getenv(envMasterPID))
-
-	unix.SetNonblock(fdControl, true)
-	ctrl := os.NewFile(fdControl, "flock-control")
-	sock := os.NewFile(fdListener, "flock-listener")
-	if ctrl == nil || sock == nil {
-		return fmt.Errorf("flock: %s is set but fds %d and %d were not inherited", envWorker, fdListener, fdControl)
+	if fd, err := strconv.Atoi(os.Getenv(envBinaryFD)); err == nil {
+		unix.Close(fd) // what the master executed; the application has no use for it
 	}
-	// Processes the application starts must not hold the control socket:
-	// the master would not see this worker's end close.
-	unix.CloseOnExec(fdControl)
 	fail := func(what string, err error) {
 		log.Error("flock: worker cannot start", "step", what, "err", err)
 		os.Exit(exitBootFailure)
 	}
-	fromMaster := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(ctrl)
-		for sc.Scan() {
-			fromMaster <- sc.Text()
-		}
-		close(fromMaster) // EOF: the master is gone
-	}()
+	// FileConn takes a copy that processes the application starts do not
+	// inherit: they must not hold the control socket, or the master would not
+	// see this worker's end close.
+	ctrlFile := os.NewFile(fdControl, "flock-control")
+	ctrlConn, err := net.FileConn(ctrlFile)
+	if err != nil {
+		return fmt.Errorf("flock: %s is set but fd %d is not a control socket: %v", envWorker, fdControl, err)
+	}
+	ctrlFile.Close()
+	ctrl := ctrlConn.(*net.UnixConn)
+	fromMaster := make(chan ctrlMsg)
+	go readControl(ctrl, fromMaster)
+
+	var early []*os.File // spares sent while Init ran
 	if c.Init != nil {
-		if err := bootInit(c.Init, fromMaster, stopSig, log); err != nil {
+		if early, err = bootInit(c.Init, fromMaster, stopSig, log); err != nil {
 			fail("Init", err)
 		}
 	}
@@ -68,21 +66,19 @@ func runWorker(h http.Handler, c *config) error {
 	if err := unix.Listen(fdListener, backlog()); err != nil {
 		fail("listen", err)
 	}
-	first, err := net.FileListener(sock)
-	if err != nil {
-		fail("listener", err)
-	}
-	sock.Close()
-	lns := []net.Listener{first}
 	// Spares: sockets of removed slots the master keeps open; this worker
 	// accepts on them too (see master.retireSocket).
+	socks := []*os.File{os.NewFile(fdListener, "flock-listener")}
 	spares, _ := strconv.Atoi(os.Getenv(envSpares))
 	for fd := fdControl + 1; fd <= fdControl+spares; fd++ {
-		f := os.NewFile(uintptr(fd), "flock-spare")
+		socks = append(socks, os.NewFile(uintptr(fd), "flock-spare"))
+	}
+	var lns []net.Listener
+	for _, f := range append(socks, early...) {
 		ln, err := net.FileListener(f)
 		f.Close()
 		if err != nil {
-			fail("spare listener", err)
+			fail("listener", err)
 		}
 		lns = append(lns, ln)
 	}
@@ -97,18 +93,19 @@ func runWorker(h http.Handler, c *config) error {
 		IdleTimeout:       c.IdleTimeout,
 		ReadHeaderTimeout: c.ReadHeaderTimeout,
 		ConnState:         conns.track,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          newLimitedLog(log, slog.LevelWarn, time.Second),
 		TLSConfig:         c.TLSConfig,
 	}
-	served := make(chan error, len(lns))
+	served := make(chan error)
+	serve := func(ln net.Listener) {
+		if c.TLSCertFile != "" || c.TLSConfig != nil {
+			served <- srv.ServeTLS(ln, c.TLSCertFile, c.TLSKeyFile)
+		} else {
+			served <- srv.Serve(ln)
+		}
+	}
 	for _, ln := range lns {
-		go func() {
-			if c.TLSCertFile != "" || c.TLSConfig != nil {
-				served <- srv.ServeTLS(ln, c.TLSCertFile, c.TLSKeyFile)
-			} else {
-				served <- srv.Serve(ln)
-			}
-		}()
+		go serve(ln)
 	}
 	if _, err := ctrl.Write([]byte("ready\n")); err != nil {
 		log.Warn("flock: cannot reach the master", "err", err)
@@ -131,15 +128,25 @@ func runWorker(h http.Handler, c *config) error {
 				reportedConns = n
 				fmt.Fprintf(ctrl, "connections %d\n", n)
 			}
-		case line, ok := <-fromMaster:
+		case msg, ok := <-fromMaster:
 			switch {
 			case !ok:
 				log.Warn("flock: master is gone; stopping")
 				budget, stop = orphanGrace, true
-			case line == "stop":
+			case msg.line == "stop":
 				stop = true
-			case line == "ping":
+			case msg.line == "ping":
 				fmt.Fprintln(ctrl, "alive")
+			case msg.file != nil: // a spare, while serving
+				ln, err := net.FileListener(msg.file)
+				msg.file.Close()
+				if err != nil {
+					log.Error("flock: cannot accept on a spare socket", "err", err)
+					break
+				}
+				log.Info("flock: serving a spare socket too")
+				lns = append(lns, ln)
+				go serve(ln)
 			}
 		case sig := <-stopSig:
 			if os.Getppid() != masterPID { // Pdeathsig: the master died
@@ -158,18 +165,23 @@ func runWorker(h http.Handler, c *config) error {
 
 // bootInit runs Init, and exits the process if the master goes or asks it
 // to stop meanwhile: it has accepted nothing yet, so nothing is lost, and a
-// worker stuck in Init must not outlive its master.
-func bootInit(init func() error, fromMaster <-chan string, stopSig <-chan os.Signal, log *slog.Logger) error {
+// worker stuck in Init must not outlive its master. It returns the spares
+// the master sent meanwhile.
+func bootInit(init func() error, fromMaster <-chan ctrlMsg, stopSig <-chan os.Signal, log *slog.Logger) ([]*os.File, error) {
 	done := make(chan error, 1)
 	go func() { done <- init() }()
+	var spares []*os.File
 	for {
 		select {
 		case err := <-done:
-			return err
-		case line, ok := <-fromMaster:
-			if !ok || line == "stop" {
+			return spares, err
+		case msg, ok := <-fromMaster:
+			switch {
+			case !ok || msg.line == "stop":
 				log.Info("flock: worker stopped before it was ready", "master_gone", !ok)
 				os.Exit(0)
+			case msg.file != nil:
+				spares = append(spares, msg.file)
 			}
 		case sig := <-stopSig:
 			log.Info("flock: worker stopped before it was ready", "signal", signalName(sig))

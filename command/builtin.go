@@ -18,8 +18,8 @@ func builtins(s *surface) []Command {
 		{Name: "help", Usage: "[cmd]", Help: "list the commands, or describe one", Run: s.help},
 		{Name: "health", Help: `"OK" when at least one worker is ready`, Run: health},
 		{Name: "version", Help: "versions of flock, the application and Go", Run: s.version},
-		{Name: "info", Help: "the master: pid, start, uptime, state, ECV, workers", Run: info},
-		{Name: "workers", Help: "every worker: pid, slot, state, start, uptime, requests served, RSS", Run: workers},
+		{Name: "info", Help: "the master: pid, start, uptime, state, ECV, workers, the binary new workers start from", Run: info},
+		{Name: "workers", Help: "every worker: pid, slot, state, start, uptime, requests served, RSS, binary", Run: workers},
 		{Name: "start", Usage: "[count]", Help: "start more workers (default 1)", Run: start},
 		{Name: "restart", Usage: `all|pid [{"timeout":ms}]`, Help: "replace workers, each new one ready before its old one drains; stops at the first that is not ready within timeout, leaving the rest serving", Run: restart},
 		{Name: "upgrade", Usage: `all|pid [path] [{"timeout":ms}]`, Help: "restart workers from the executable at path (default: the one on disk now)", Run: upgrade},
@@ -62,11 +62,10 @@ func (s *surface) version(_ context.Context, _ *flock.Controller, args []any) (a
 
 func info(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	st := c.Status()
-	exe, _ := os.Executable()
 	return map[string]any{
 		"pid": st.PID, "started": st.Started, "uptime": time.Since(st.Started).Round(time.Second).String(),
 		"state": st.State, "ecv": st.ECV, "addr": st.Addr, "workers": len(st.Workers),
-		"executable": exe, "go": runtime.Version(),
+		"executable": st.Binary.Path, "binary": st.Binary, "go": runtime.Version(),
 	}, nil
 }
 
