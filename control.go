@@ -3,6 +3,7 @@ package flock
 import (
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"os"
@@ -82,6 +83,13 @@ func (c *Controller) AccessKey() string { return c.m.c.AccessKey }
 
 // Logger is the master's logger.
 func (c *Controller) Logger() *slog.Logger { return c.m.log }
+
+// ServerErrorLog is an http.Server.ErrorLog for an extension's server: its
+// lines go to the master's logger, at most one a second of each kind (an
+// accept loop out of file descriptors retries every few milliseconds).
+func (c *Controller) ServerErrorLog() *log.Logger {
+	return newLimitedLog(c.m.log, slog.LevelWarn, time.Second)
+}
 
 // Status describes the master and its workers now.
 func (c *Controller) Status() Status {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -69,7 +70,8 @@ func startMonitor(m *master, inh *inherited) (*monitor, error) {
 	if c.MonitorProbe != "" {
 		mon.probe = newProber(c, m.port)
 	}
-	mon.srv = &http.Server{Handler: mon, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
+	mon.srv = &http.Server{Handler: mon, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second,
+		ErrorLog: newLimitedLog(m.log, slog.LevelWarn, time.Second)}
 	if inh == nil {
 		mon.serve()
 	}

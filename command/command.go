@@ -175,7 +175,7 @@ func (s *surface) Start(c *flock.Controller) error {
 	}
 	// No WriteTimeout: restarting many workers can take minutes, and the
 	// answer comes when it is done.
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute, ErrorLog: c.ServerErrorLog()}
 	go s.srv.Serve(ln)
 	s.log.Info("command: endpoint listening", "addr", ln.Addr().String())
 	return nil
