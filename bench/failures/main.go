@@ -226,7 +226,7 @@ func scenario1(s *scenario) {
 	s.printf("forked events in the 2 s after TTOU: %d", forks2s)
 	s.printf("log lines in the 10 s after TTOU: %d", lines10s)
 	s.printf("forked events per second after TTOU: %v", a.perSecond("forked", t0, 10))
-	s.printf("probes after TTOU (new connection each, 2 s timeout, 100 ms apart): %d of %d failed %s", pr.failed, pr.n, pr.kinds())
+	s.printf("probes after TTOU (new connection each, 2 s timeout, 100 ms apart): %d of %d failed%s", pr.failed, pr.n, pr.kinds())
 	s.printf("exited events in the 10 s after TTOU, by reason: %s", a.reasons("exited", t0, 10*time.Second))
 	total, ready := a.live()
 	s.printf("workers at the end: %d running, %d ready", total, ready)
@@ -379,7 +379,7 @@ func scenario3(s *scenario) {
 
 	ecv := probeSpaced("http://"+a.monitor+"/ecv", 10, 100*time.Millisecond, time.Second)
 	er := <-ecv
-	s.printf("GET /ecv on the monitor answered within 1 s: %d of %d %s", er.n-er.failed, er.n, er.kinds())
+	s.printf("GET /ecv on the monitor answered within 1 s: %d of %d%s", er.n-er.failed, er.n, er.kinds())
 	s.printf("log lines mentioning \"Accept error\" so far: %d", a.acceptErrs.Load())
 
 	// TTOU back to 2 workers (or 40 TTOU).
@@ -405,7 +405,7 @@ func scenario3(s *scenario) {
 	total, ready = a.live()
 	s.printf("workers after the TTOUs (waited %v): %d running, %d ready", time.Since(t0).Round(100*time.Millisecond), total, ready)
 	app := <-probeSpaced("http://"+a.addr+"/", 40, 50*time.Millisecond, 2*time.Second)
-	s.printf("application requests (new connection each, 2 s timeout, 50 ms apart): %d of %d succeeded %s", app.n-app.failed, app.n, app.kinds())
+	s.printf("application requests (new connection each, 2 s timeout, 50 ms apart): %d of %d succeeded%s", app.n-app.failed, app.n, app.kinds())
 	sleepUntil(t0.Add(10 * time.Second))
 	s.printf("log lines in the 10 s after the TTOUs: %d", a.lines.Load()-lines0)
 	s.printf("log lines mentioning \"Accept error\" in all: %d", a.acceptErrs.Load())
@@ -414,28 +414,25 @@ func scenario3(s *scenario) {
 }
 
 // scaleStep sends TTIN or TTOU and waits (at most 1 s) for what the master
-// did with it: "scaled" (a scaled event), "refused" (a log line naming the
-// signal), "warning/error logged" (another warning or error, not an accept
-// error), "handled" (its signal event, nothing else within 200 ms), or "no
-// reaction".
+// did with it: "scaled" (a scaled event); "refused, logged" (a log line
+// naming the signal, or a warning or error other than an accept error);
+// "handled, not scaled, no log line" (its signal event, then nothing within
+// 200 ms: a refusal whose log line is rate-limited, say); or "no reaction
+// within 1s".
 func (a *app) scaleStep(sig syscall.Signal) string {
 	name := strings.TrimPrefix(unixName(sig), "SIG")
 	m := a.mark()
 	p0, n0 := a.problems.Load(), a.sigMsgs[name].Load()
 	a.signal(sig)
 	var seen time.Time
-	result := "no reaction"
+	result := "no reaction within 1s"
 	a.waitCond(time.Second, func() bool {
 		if _, ok := a.find(m, func(e event) bool { return e.Event == "scaled" }); ok {
 			result = "scaled"
 			return true
 		}
-		if a.sigMsgs[name].Load() > n0 {
-			result = "refused (logged)"
-			return true
-		}
-		if a.problems.Load() > p0 {
-			result = "warning/error logged"
+		if a.sigMsgs[name].Load() > n0 || a.problems.Load() > p0 {
+			result = "refused, logged"
 			return true
 		}
 		if seen.IsZero() {
@@ -443,7 +440,7 @@ func (a *app) scaleStep(sig syscall.Signal) string {
 				seen = time.Now()
 			}
 		} else if time.Since(seen) > 200*time.Millisecond {
-			result = "handled, no scaled event"
+			result = "handled, not scaled, no log line"
 			return true
 		}
 		return false
@@ -463,7 +460,7 @@ func (p probeResult) kinds() string {
 	if len(p.errs) == 0 {
 		return ""
 	}
-	return "(" + fmtCounts(p.errs) + ")"
+	return " (" + fmtCounts(p.errs) + ")"
 }
 
 // probeSpaced sends n GET requests to url, one every gap, each on a new
