@@ -92,7 +92,11 @@ func runTestApp(js string) int {
 	case os.Getenv("FLOCK_TEST_HANG_SLOT") == strconv.Itoa(WorkerSlot()):
 		o.Init = func() error { time.Sleep(time.Minute); return nil }
 	case s.InitDelay > 0:
-		o.Init = func() error { time.Sleep(s.InitDelay); return nil }
+		o.Init = func() error {
+			log.Info("initializing", "event", "init", "pid", os.Getpid())
+			time.Sleep(s.InitDelay)
+			return nil
+		}
 	}
 	if s.Extension {
 		x := &testExtension{log: log}

@@ -158,9 +158,9 @@ func TestWorkerRestartUnderLoadLosesNothing(t *testing.T) {
 func TestBootingWorkersDieWithMaster(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 2, InitDelay: time.Minute})
 	a.Listening()
-	a.WaitUntil("2 workers forked", 10*time.Second, func() bool { return len(a.Events("forked")) == 2 })
+	a.WaitUntil("2 workers in Init", 10*time.Second, func() bool { return len(a.Events("init")) == 2 })
 	var pids []int
-	for _, r := range a.Events("forked") {
+	for _, r := range a.Events("init") {
 		pids = append(pids, r.Int("pid"))
 	}
 	require.NoError(t, syscall.Kill(a.PID, syscall.SIGKILL))

@@ -104,7 +104,7 @@ func rollWidth(n int, ratio float64) int {
 
 func (m *master) startRoll(r *roll) {
 	if m.roll != nil {
-		m.pending = append(m.pending, r)
+		m.queueRoll(r)
 		return
 	}
 	r.began = time.Now()
@@ -118,6 +118,21 @@ func (m *master) startRoll(r *roll) {
 		m.emit(Event{Kind: EventRoll, Phase: PhaseBegan, Workers: len(r.queue)})
 	}
 	m.rollMore()
+}
+
+// queueRoll puts r after the rolls waiting. Signals can come faster than
+// rolls end: a HUP while another waits replaces it (one roll onto the
+// newest binary does what both would), so waiting HUPs never pile up.
+func (m *master) queueRoll(r *roll) {
+	if r.full && r.result == nil {
+		for i, p := range m.pending {
+			if p.full && p.result == nil && p.kind == r.kind {
+				m.pending[i] = r
+				return
+			}
+		}
+	}
+	m.pending = append(m.pending, r)
 }
 
 // rollMore starts replacements up to the roll's width, and ends the roll

@@ -69,3 +69,30 @@ func TestFailedUpgradeLeavesNoSocketUnserved(t *testing.T) {
 	_, port, _ := net.SplitHostPort(a.Addr)
 	assert.Zero(t, unanswered(t, "127.0.0.1:"+port, 40), "connections left on a socket nobody accepts on")
 }
+
+// TTOU while a binary that cannot boot is on disk (after a HUP, so that
+// new workers would come from that file): the removed worker's socket is
+// kept as a spare and handed to the running workers. Nothing is started,
+// no connection waits on a socket nobody accepts on, and the logs stay
+// short.
+func TestTTOUWithBrokenBinaryOnDisk(t *testing.T) {
+	if !flocktest.InNetns(t, "sysctl -qw net.ipv4.tcp_migrate_req=0") {
+		return
+	}
+	bin := flocktest.CopyBinary(t)
+	a := startAppAt(t, bin, appSpec{Workers: 4})
+	a.Started(4)
+	a.Signal(syscall.SIGHUP)
+	a.WaitFor("the roll", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
+	flocktest.InstallBinary(t, bin, "#!/bin/sh\nexit 1\n")
+	forks, lines := len(a.Events("forked")), len(a.Find(func(flocktest.Rec) bool { return true }))
+
+	stop := flocktest.StartLoad(a.URL("/"), 8, false)
+	a.Signal(syscall.SIGTTOU)
+	a.WaitFor("the scale-down", 10*time.Second, func(r flocktest.Rec) bool { return r.Str("reason") == string(ExitScaleDown) })
+	assert.Zero(t, unanswered(t, a.Addr, 30), "connections left on a socket nobody accepts on")
+	res := stop()
+	assert.Zero(t, res.Failed.Load(), res.String())
+	assert.Equal(t, forks, len(a.Events("forked")), "no worker started")
+	assert.Less(t, len(a.Find(func(flocktest.Rec) bool { return true }))-lines, 50, "log lines after the TTOU")
+}
