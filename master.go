@@ -163,8 +163,10 @@ func (m *master) run() error {
 	if m.c.MaxMemory > 0 {
 		m.checkMemory()
 	}
-	m.commit()
+	// Looping from here: a Controller call made as soon as the first events
+	// are heard waits for the loop instead of failing with ErrStarting.
 	m.phase.Store(phaseLooping)
+	m.commit()
 	err = m.loop(sigs)
 	m.emit(Event{Kind: EventStopped})
 	m.commit()

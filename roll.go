@@ -188,7 +188,7 @@ func (m *master) replace(s *slot, r *roll) error {
 		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", r.bin.String(), "err", err)
 		return fmt.Errorf("slot %d: cannot start %s: %w", s.id, r.bin, err)
 	}
-	w.roll = r
+	w.roll, w.start = r, r.kind.start()
 	if revive {
 		if s.state == slotGaveUp {
 			s.failures = nil

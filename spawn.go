@@ -105,6 +105,6 @@ func (m *master) workerEnv() []string {
 func ownEnvRemoved() []string {
 	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		name, _, _ := strings.Cut(kv, "=")
-		return name == envWorker || name == envMasterPID || name == envUpgrade || name == envSpares
+		return name == envWorker || name == envMasterPID || name == envUpgrade || name == envSpares || name == envBinaryFD
 	})
 }

@@ -86,6 +86,7 @@ type worker struct {
 	slot    *slot
 	bin     *binary
 	state   workerState
+	start   StartReason
 	exit    ExitReason // why the master asked it to go; "" means it was not asked
 	roll    *roll      // the roll it was started for, until it is ready or gone
 	started time.Time

@@ -38,7 +38,7 @@ func (m *master) fork(s *slot, why StartReason) {
 		m.crashed(s, nil)
 		return
 	}
-	s.w = w
+	s.w, w.start = w, why
 	s.to(slotActive)
 	m.emit(Event{Kind: EventForked, PID: w.p.Pid(), Slot: s.id, Start: why})
 }
@@ -68,8 +68,10 @@ func (m *master) onReady(w *worker) {
 	if s.w == w {
 		s.bin = w.bin
 	}
-	if r != nil {
-		m.rollStep(r, w, nil)
+	if r != nil && w.start == r.kind.start() {
+		m.rollStep(r, w, nil) // replaced
+	} else if r != nil {
+		m.rollStep(r, nil, nil) // joined it (TTIN): ready, but no worker was replaced
 	}
 	m.handoverIfReady()
 }

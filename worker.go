@@ -36,6 +36,7 @@ func runWorker(h http.Handler, c *config) error {
 	masterPID, _ := strconv.Atoi(os.Getenv(envMasterPID))
 	if fd, err := strconv.Atoi(os.Getenv(envBinaryFD)); err == nil {
 		unix.Close(fd) // what the master executed; the application has no use for it
+		os.Unsetenv(envBinaryFD)
 	}
 	fail := func(what string, err error) {
 		log.Error("flock: worker cannot start", "step", what, "err", err)
