@@ -126,8 +126,8 @@ func (a *App) read(r io.ReadCloser) {
 	}
 }
 
-// started waits until the master listens and n workers are ready, and
-// returns their pids.
+// Started waits until the master listens and n workers are ready, and
+// returns the pids of the workers that became ready, in order.
 func (a *App) Started(n int) []int {
 	a.t.Helper()
 	a.Listening()
@@ -139,17 +139,20 @@ func (a *App) Started(n int) []int {
 	return pids
 }
 
-// listening waits until the master has bound its sockets.
+// Listening waits until the master has bound its sockets, and sets Addr
+// and Monitor.
 func (a *App) Listening() {
 	a.t.Helper()
 	l := a.WaitFor("listening", 10*time.Second, func(r Rec) bool { return r.Str("event") == "listening" })
 	a.Addr, a.Monitor = l.Str("addr"), l.Str("monitor")
 }
 
+// Events is every record of the event kind so far.
 func (a *App) Events(kind string) []Rec {
 	return a.Find(func(r Rec) bool { return r.Str("event") == kind })
 }
 
+// Find is every record so far that matches.
 func (a *App) Find(match func(Rec) bool) []Rec {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -162,7 +165,8 @@ func (a *App) Find(match func(Rec) bool) []Rec {
 	return out
 }
 
-// waitFor polls the logs for the first record that matches.
+// WaitFor waits up to d for a record that matches, and returns the first
+// one; the test fails if none comes.
 func (a *App) WaitFor(what string, d time.Duration, match func(Rec) bool) Rec {
 	a.t.Helper()
 	var found Rec
@@ -176,12 +180,15 @@ func (a *App) WaitFor(what string, d time.Duration, match func(Rec) bool) Rec {
 	return found
 }
 
+// WaitUntil waits up to d for cond to hold; the test fails if it does not,
+// naming what it waited for.
 func (a *App) WaitUntil(what string, d time.Duration, cond func() bool) {
 	a.t.Helper()
 	require.True(a.t, Poll(d, cond), "timed out after %v waiting for %s", d, what)
 }
 
-// poll checks cond every 10 ms until it holds or d has passed.
+// Poll checks cond every 10 ms until it holds or d has passed, and reports
+// whether it held.
 func Poll(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for {
@@ -195,12 +202,13 @@ func Poll(d time.Duration, cond func() bool) bool {
 	}
 }
 
+// Signal sends sig to the master.
 func (a *App) Signal(sig syscall.Signal) {
 	a.t.Helper()
 	require.NoError(a.t, syscall.Kill(a.PID, sig))
 }
 
-// exitCode waits for the master to exit and returns its status.
+// ExitCode waits for the master to exit and returns its status.
 func (a *App) ExitCode(d time.Duration) int {
 	a.t.Helper()
 	select {
@@ -212,9 +220,11 @@ func (a *App) ExitCode(d time.Duration) int {
 	}
 }
 
+// URL is the application's URL for path.
 func (a *App) URL(path string) string { return "http://" + a.Addr + path }
 
-// mon sends a request to the monitor and returns the status and body.
+// Mon sends a request to the monitor and returns the status, the body and
+// the header.
 func (a *App) Mon(method, path string) (int, string, http.Header) {
 	a.t.Helper()
 	req, err := http.NewRequest(method, "http://"+a.Monitor+path, nil)
@@ -227,7 +237,8 @@ func (a *App) Mon(method, path string) (int, string, http.Header) {
 	return resp.StatusCode, string(b), resp.Header
 }
 
-// get makes one request on a fresh connection.
+// Get makes one request on a fresh connection and returns the pid of the
+// worker that answered; any status but 200 is an error.
 func Get(url string) (pid int, err error) {
 	c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Get(url)
@@ -244,7 +255,7 @@ func Get(url string) (pid int, err error) {
 	return strconv.Atoi(resp.Header.Get("X-Worker-Pid"))
 }
 
-// alive reports whether pid is a running (not zombie) process.
+// Alive reports whether pid is a running (not zombie) process.
 func Alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -255,7 +266,7 @@ func Alive(pid int) bool {
 	return i > 0 && len(s) > i+2 && s[i+2] != 'Z'
 }
 
-// procState is the one-letter state in /proc/pid/stat (R, S, T, Z…).
+// ProcState is the one-letter state in /proc/pid/stat (R, S, T, Z…).
 func ProcState(pid int) string {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	s := string(b)
@@ -265,7 +276,7 @@ func ProcState(pid int) string {
 	return ""
 }
 
-// startLoad runs load in the background until the returned function is
+// StartLoad runs load in the background until the returned function is
 // called (or a minute has passed), and returns what it counted.
 func StartLoad(url string, clients int, keepAlive bool) func() *LoadResult {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -274,7 +285,7 @@ func StartLoad(url string, clients int, keepAlive bool) func() *LoadResult {
 	return func() *LoadResult { cancel(); return <-done }
 }
 
-// copyTestBinary copies the test binary into a fresh directory everyone may
+// CopyBinary copies the test binary into a fresh directory everyone may
 // read, and returns its path: a test can then replace the file as a deploy
 // would.
 func CopyBinary(t *testing.T) string {
@@ -288,7 +299,7 @@ func CopyBinary(t *testing.T) string {
 	return bin
 }
 
-// installBinary puts a new file at path, by rename as a deploy does: a
+// InstallBinary puts a new file at path, by rename as a deploy does: a
 // fresh copy of the test binary, or, when script is set, that shell script.
 func InstallBinary(t *testing.T, path, script string) {
 	t.Helper()
@@ -338,7 +349,7 @@ func InNetns(t *testing.T, setup string) bool {
 	return false
 }
 
-// freePort returns a loopback address nobody listens on right now.
+// FreePort returns a loopback address nobody listens on right now.
 func FreePort(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
