@@ -37,11 +37,23 @@ type App struct {
 	// known once Listening (or Started) has returned.
 	Addr, Monitor string
 	exited        chan struct{}
+	// readDone is closed when the reader of the processes' stderr has
+	// reached end of file: every process holding the pipe has exited, and
+	// the cleanup has closed w.
+	readDone chan struct{}
+	// w is the test's own write end of that pipe, for marks (see caughtUp).
+	w *os.File
 
 	mu     sync.Mutex
 	recs   []Rec
 	stderr strings.Builder
+	marks  map[string]chan struct{} // written, not yet read
+	nmarks int
 }
+
+// markPrefix starts the lines the test itself writes into the stderr pipe
+// (see caughtUp); the reader keeps them out of the records.
+const markPrefix = "flocktest: mark "
 
 // Rec is one JSON log line of the master or a worker.
 type Rec map[string]any
@@ -87,9 +99,13 @@ func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
 	r, w, err := os.Pipe()
 	require.NoError(t, err)
 	cmd.Stderr = w
-	require.NoError(t, cmd.Start())
-	w.Close()
-	a := &App{t: t, Cmd: cmd, PID: cmd.Process.Pid, exited: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
+		require.NoError(t, err)
+	}
+	// The test keeps its write end open until the cleanup, to write marks.
+	a := &App{t: t, Cmd: cmd, PID: cmd.Process.Pid, w: w, exited: make(chan struct{}), readDone: make(chan struct{}), marks: map[string]chan struct{}{}}
 	go a.read(r)
 	go func() { cmd.Wait(); close(a.exited) }()
 	t.Cleanup(func() {
@@ -97,6 +113,17 @@ func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
 		// master a USR2 started with its own workers.
 		syscall.Kill(-a.PID, syscall.SIGKILL)
 		<-a.exited
+		// Only at end of file is every line read, a race report a worker
+		// wrote just before it was killed included. It comes once the
+		// test's own end is closed and every process of the group has gone,
+		// which SIGKILL makes quick; the bound is for a process that
+		// escaped the group, which would be a leak.
+		a.w.Close()
+		select {
+		case <-a.readDone:
+		case <-time.After(10 * time.Second):
+			t.Errorf("the application's stderr is still open 10 s after its process group was killed: some process outside the group holds it (leaked), and its last lines, race reports included, may be missing")
+		}
 		if races := a.Find(func(r Rec) bool { return strings.Contains(r.Str("msg"), "WARNING: DATA RACE") }); len(races) > 0 {
 			t.Errorf("the application's processes reported %d data races", len(races))
 		}
@@ -109,20 +136,70 @@ func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
 	return a
 }
 
+// read parses the processes' stderr, a record per line, until end of file.
+// Lines of any length are read: stopping early would leave the writers
+// blocked on a full pipe, or killed by SIGPIPE.
 func (a *App) read(r io.ReadCloser) {
+	defer close(a.readDone)
 	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		var v Rec
-		if json.Unmarshal([]byte(line), &v) != nil {
-			v = Rec{"msg": line, "raw": true}
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if line = strings.TrimSuffix(line, "\n"); line != "" {
+			a.record(line)
 		}
-		a.mu.Lock()
-		a.recs = append(a.recs, v)
-		a.stderr.WriteString(line + "\n")
-		a.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (a *App) record(line string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if strings.HasPrefix(line, markPrefix) {
+		if ch, ok := a.marks[line]; ok {
+			close(ch)
+			delete(a.marks, line)
+		}
+		return
+	}
+	var v Rec
+	if json.Unmarshal([]byte(line), &v) != nil {
+		v = Rec{"msg": line, "raw": true}
+	}
+	a.recs = append(a.recs, v)
+	a.stderr.WriteString(line + "\n")
+}
+
+// caughtUp reports whether, within d, the reader has read everything
+// written to the stderr pipe before the call. It writes a mark line into
+// the pipe and waits for the reader to come to it: a pipe is read in the
+// order it was written. The mark begins with a newline, so that it is a
+// line of its own even if it lands after an unfinished one.
+func (a *App) caughtUp(d time.Duration) bool {
+	a.mu.Lock()
+	a.nmarks++
+	mark := fmt.Sprintf("%s%d", markPrefix, a.nmarks)
+	seen := make(chan struct{})
+	a.marks[mark] = seen
+	a.mu.Unlock()
+	if _, err := a.w.WriteString("\n" + mark + "\n"); err != nil {
+		// The reader is gone (end of file): it has read everything.
+		select {
+		case <-a.readDone:
+			return true
+		case <-time.After(d):
+			return false
+		}
+	}
+	select {
+	case <-seen:
+		return true
+	case <-a.readDone:
+		return true
+	case <-time.After(d):
+		return false
 	}
 }
 
@@ -208,16 +285,25 @@ func (a *App) Signal(sig syscall.Signal) {
 	require.NoError(a.t, syscall.Kill(a.PID, sig))
 }
 
-// ExitCode waits for the master to exit and returns its status.
+// ExitCode waits up to d for the master to exit, then until every line it
+// wrote has been read, and returns its exit status.
+//
+// Every line: its writes all happened before it exited, so a mark written
+// into the pipe after the exit comes behind them, and once the reader has
+// come to the mark they have been read (see caughtUp). Waiting for end of
+// file instead would be right only when the master leaves no process
+// behind: the pipe stays open while any process holding it runs, and a
+// USR2 upgrade leaves, by design, a new master and its workers running
+// until the test's cleanup kills them.
 func (a *App) ExitCode(d time.Duration) int {
 	a.t.Helper()
 	select {
 	case <-a.exited:
-		return a.Cmd.ProcessState.ExitCode()
 	case <-time.After(d):
 		require.FailNow(a.t, "master still running", "after %v", d)
-		return 0
 	}
+	require.True(a.t, a.caughtUp(10*time.Second), "the master's last lines were not read within 10 s of its exit")
+	return a.Cmd.ProcessState.ExitCode()
 }
 
 // URL is the application's URL for path.
