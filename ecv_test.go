@@ -125,7 +125,7 @@ func TestECVWarningWithoutReadyWorker(t *testing.T) {
 // A failing, slow or unreachable probe is a WARNING within the probe's
 // bound; a passing one is AVAILABLE.
 func TestECVProbe(t *testing.T) {
-	nobody := flocktest.FreePort(t)
+	nobody := flocktest.RefusingAddr(t)
 	for _, tc := range []struct {
 		probe string
 		want  int

@@ -28,7 +28,7 @@ defaults
     timeout server 30s
 
 frontend web
-    bind %s
+    bind fd@3
     default_backend flock
 
 backend flock
@@ -43,6 +43,10 @@ backend flock
 // Two flock instances behind a real HAProxy that watches their ECV: taking
 // one out of rotation, then stopping it with TERM and a DrainDelay longer
 // than two check intervals, loses no request.
+//
+// HAProxy's frontend socket is the test's own, bound before HAProxy starts
+// and handed down as fd 3 (bind fd@3): a port picked, released and then
+// bound by HAProxy could be taken by someone else in between.
 func TestHAProxy(t *testing.T) {
 	bin, err := exec.LookPath("haproxy")
 	if err != nil {
@@ -52,19 +56,25 @@ func TestHAProxy(t *testing.T) {
 	b := startApp(t, appSpec{Workers: 2})
 	pidsA, pidsB := a.Started(2), b.Started(2)
 
-	fe := flocktest.FreePort(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	feSock, err := ln.(*net.TCPListener).File()
+	require.NoError(t, err)
+	defer feSock.Close()
 	_, portA, _ := net.SplitHostPort(a.Addr)
 	_, monA, _ := net.SplitHostPort(a.Monitor)
 	_, portB, _ := net.SplitHostPort(b.Addr)
 	_, monB, _ := net.SplitHostPort(b.Monitor)
 	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
-	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, haproxyConfig, fe, "127.0.0.1:"+portA, monA, "127.0.0.1:"+portB, monB), 0o644))
+	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, haproxyConfig, "127.0.0.1:"+portA, monA, "127.0.0.1:"+portB, monB), 0o644))
 	hap := exec.Command(bin, "-db", "-f", cfg)
+	hap.ExtraFiles = []*os.File{feSock}
 	hap.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	hap.Stdout, hap.Stderr = os.Stderr, os.Stderr
 	require.NoError(t, hap.Start())
 	t.Cleanup(func() { syscall.Kill(-hap.Process.Pid, syscall.SIGKILL); hap.Wait() })
-	url := "http://" + fe + "/"
+	url := "http://" + ln.Addr().String() + "/"
 
 	servedBy := func(n int) (fromA, fromB int) {
 		for range n {

@@ -435,10 +435,19 @@ func InNetns(t *testing.T, setup string) bool {
 	return false
 }
 
-// FreePort returns a loopback address nobody listens on right now.
-func FreePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// RefusingAddr returns a loopback address that refuses connections until
+// the test ends. A socket is bound there and never listens: nothing else
+// can bind the port meanwhile (the socket does not set SO_REUSEADDR or
+// SO_REUSEPORT), and a connection gets a reset. Closing a listener and
+// handing out its address instead would leave the port for anyone to take
+// before the test uses it.
+func RefusingAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Cleanup(func() { syscall.Close(fd) })
+	require.NoError(t, syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	sa, err := syscall.Getsockname(fd)
+	require.NoError(t, err)
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
 }
