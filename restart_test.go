@@ -20,6 +20,13 @@ var loadModes = []struct {
 	keepAlive bool
 }{{"keepalive", true}, {"newconn", false}}
 
+// traffic is how many requests a test lets the load complete before an
+// operation under load (so that every client is busy, and keep-alive
+// connections are open on the workers the operation replaces) and after
+// it (so that what replaced them serves under load too): a count, not a
+// time, so that it holds on a slow machine.
+const traffic = 200
+
 // HUP replaces every worker with the binary now on disk, each new worker
 // ready before its old one drains: no request fails.
 func TestHUPRollingRestartUnderLoad(t *testing.T) {
@@ -29,12 +36,12 @@ func TestHUPRollingRestartUnderLoad(t *testing.T) {
 			a := startAppAt(t, bin, appSpec{Workers: 4, InitDelay: 200 * time.Millisecond})
 			old := a.Started(4)
 			flocktest.InstallBinary(t, bin, "") // a deploy: a new file at the same path
-			stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
-			time.Sleep(300 * time.Millisecond)
+			load := flocktest.StartLoad(t, a.URL("/"), 8, mode.keepAlive)
+			load.WaitRequests(traffic)
 			a.Signal(syscall.SIGHUP)
 			done := a.WaitFor("the roll to finish", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
-			time.Sleep(300 * time.Millisecond)
-			res := stop()
+			load.WaitRequests(traffic)
+			res := load.Stop()
 			t.Log(res, "; roll:", done.Str("reason"))
 			assert.Zero(t, res.Failed.Load(), res.String())
 			assert.True(t, strings.HasPrefix(done.Str("reason"), "done in "), done.Str("reason"))
@@ -66,10 +73,10 @@ func TestHUPWithBrokenBinaryKeepsServing(t *testing.T) {
 	a := startAppAt(t, bin, appSpec{Workers: 2})
 	old := a.Started(2)
 	flocktest.InstallBinary(t, bin, "#!/bin/sh\nFLOCK_TEST_BREAK=1 exec "+real+" \"$@\"\n")
-	stop := flocktest.StartLoad(a.URL("/"), 4, false)
+	load := flocktest.StartLoad(t, a.URL("/"), 4, false)
 	a.Signal(syscall.SIGHUP)
 	done := a.WaitFor("the roll to stop", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
-	res := stop()
+	res := load.Stop()
 	assert.Zero(t, res.Failed.Load(), res.String())
 	assert.Contains(t, done.Str("reason"), "failed: a new worker did not become ready: slot ")
 	a.StillServedBy(old)
@@ -86,11 +93,11 @@ func TestRecycle(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			a := startApp(t, spec)
 			a.Started(2)
-			stop := flocktest.StartLoad(a.URL("/"), 4, true)
+			load := flocktest.StartLoad(t, a.URL("/"), 4, true)
 			a.WaitUntil("two recycles", 20*time.Second, func() bool {
 				return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == ReasonRecycle })) >= 2
 			})
-			res := stop()
+			res := load.Stop()
 			assert.Zero(t, res.Failed.Load(), res.String())
 			assert.Empty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") != ReasonRecycle }))
 			why := a.WaitFor("the reason", time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "flock: recycling worker" })
@@ -104,14 +111,14 @@ func TestTTINUnderLoad(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			a := startApp(t, appSpec{Workers: 1, InitDelay: 100 * time.Millisecond})
 			a.Started(1)
-			stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
+			load := flocktest.StartLoad(t, a.URL("/"), 8, mode.keepAlive)
 			for range 3 {
 				a.Signal(syscall.SIGTTIN)
 				time.Sleep(100 * time.Millisecond)
 			}
 			a.Started(4)
-			time.Sleep(300 * time.Millisecond)
-			res := stop()
+			load.WaitRequests(traffic)
+			res := load.Stop()
 			assert.Zero(t, res.Failed.Load(), res.String())
 		})
 	}
@@ -132,8 +139,8 @@ func TestTTOUUnderLoad(t *testing.T) {
 			for _, mode := range loadModes {
 				a := startApp(t, appSpec{Workers: 4})
 				a.Started(4)
-				stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
-				time.Sleep(200 * time.Millisecond)
+				load := flocktest.StartLoad(t, a.URL("/"), 8, mode.keepAlive)
+				load.WaitRequests(traffic)
 				for range 3 {
 					a.Signal(syscall.SIGTTOU)
 					time.Sleep(100 * time.Millisecond)
@@ -145,8 +152,8 @@ func TestTTOUUnderLoad(t *testing.T) {
 				a.WaitUntil("the new worker", 10*time.Second, func() bool {
 					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == ReasonScale })) == 1
 				})
-				time.Sleep(300 * time.Millisecond)
-				res := stop()
+				load.WaitRequests(traffic)
+				res := load.Stop()
 				t.Logf("%s: %s", mode.name, res)
 				assert.Zero(t, res.Failed.Load(), "%s: %s", mode.name, res)
 				adopted := len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == ReasonAdopt }))
@@ -167,12 +174,12 @@ func TestTTOUUnderLoad(t *testing.T) {
 func TestKillWorkerUnderLoad(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 2})
 	pids := a.Started(2)
-	stop := flocktest.StartLoad(a.URL("/"), 8, false)
-	time.Sleep(300 * time.Millisecond)
+	load := flocktest.StartLoad(t, a.URL("/"), 8, false)
+	load.WaitRequests(traffic)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
 	a.Started(3)
-	time.Sleep(300 * time.Millisecond)
-	res := stop()
+	load.WaitRequests(traffic)
+	res := load.Stop()
 	t.Log(res)
 	assert.LessOrEqual(t, res.Failed.Load(), int64(8), res.String())
 }

@@ -285,6 +285,32 @@ func (a *App) Signal(sig syscall.Signal) {
 	require.NoError(a.t, syscall.Kill(a.PID, sig))
 }
 
+// SignalUntil sends sig to the master and waits up to 10 s for one more
+// record matching than there was before: the effect of that signal. A test
+// that sends several signals of one kind waits this way between them,
+// since signals sent faster than the master takes them coalesce in the
+// kernel and would be acted on once.
+func (a *App) SignalUntil(sig syscall.Signal, what string, match func(Rec) bool) Rec {
+	a.t.Helper()
+	before := len(a.Find(match))
+	a.Signal(sig)
+	var found Rec
+	a.WaitUntil(what, 10*time.Second, func() bool {
+		rs := a.Find(match)
+		if len(rs) > before {
+			found = rs[before]
+			return true
+		}
+		return false
+	})
+	return found
+}
+
+// Event matches the records of the event kind.
+func Event(kind string) func(Rec) bool {
+	return func(r Rec) bool { return r.Str("event") == kind }
+}
+
 // ExitCode waits up to d for the master to exit, then until every line it
 // wrote has been read, and returns its exit status.
 //
@@ -362,13 +388,49 @@ func ProcState(pid int) string {
 	return ""
 }
 
-// StartLoad runs load in the background until the returned function is
-// called (or a minute has passed), and returns what it counted.
-func StartLoad(url string, clients int, keepAlive bool) func() *LoadResult {
+// LoadRun is a load run in the background, started by StartLoad.
+type LoadRun struct {
+	t      *testing.T
+	res    *LoadResult
+	cancel context.CancelFunc
+	done   <-chan struct{}
+}
+
+// StartLoad runs clients clients sending requests to url in the background
+// (see Load) until Stop is called, the test ends, or a minute has passed.
+func StartLoad(t *testing.T, url string, clients int, keepAlive bool) *LoadRun {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	done := make(chan *LoadResult)
-	go func() { done <- Load(ctx, url, clients, 1_000_000, keepAlive) }()
-	return func() *LoadResult { cancel(); return <-done }
+	res, done := loadgen.Start(ctx, url, clients, 1_000_000, keepAlive)
+	l := &LoadRun{t: t, res: res, cancel: cancel, done: done}
+	t.Cleanup(func() { l.Stop() })
+	return l
+}
+
+// Stop ends the run, once the requests under way have completed, and
+// returns what it counted. It may be called more than once.
+func (l *LoadRun) Stop() *LoadResult {
+	l.cancel()
+	<-l.done
+	return l.res
+}
+
+// WaitRequests waits until n more requests have completed (answered or
+// failed) than when it was called: traffic, rather than time, before or
+// after an operation under load. The test fails if that takes more than
+// 20 s or the run ends first.
+func (l *LoadRun) WaitRequests(n int64) {
+	l.t.Helper()
+	want := l.res.Completed() + n
+	ended := false
+	require.True(l.t, Poll(20*time.Second, func() bool {
+		select {
+		case <-l.done:
+			ended = true
+		default:
+		}
+		return ended || l.res.Completed() >= want
+	}), "timed out waiting for %d more requests: %s", n, l.res)
+	require.False(l.t, ended && l.res.Completed() < want, "the load ended before %d more requests: %s", n, l.res)
 }
 
 // CopyBinary copies the test binary into a fresh directory everyone may
