@@ -1,6 +1,7 @@
 package flock
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -113,8 +114,7 @@ func TestTTINUnderLoad(t *testing.T) {
 			a.Started(1)
 			load := flocktest.StartLoad(t, a.URL("/"), 8, mode.keepAlive)
 			for range 3 {
-				a.Signal(syscall.SIGTTIN)
-				time.Sleep(100 * time.Millisecond)
+				a.SignalUntil(syscall.SIGTTIN, "a slot added", flocktest.Event("scaled"))
 			}
 			a.Started(4)
 			load.WaitRequests(traffic)
@@ -142,11 +142,19 @@ func TestTTOUUnderLoad(t *testing.T) {
 				load := flocktest.StartLoad(t, a.URL("/"), 8, mode.keepAlive)
 				load.WaitRequests(traffic)
 				for range 3 {
-					a.Signal(syscall.SIGTTOU)
-					time.Sleep(100 * time.Millisecond)
+					a.SignalUntil(syscall.SIGTTOU, "a slot removed", flocktest.Event("scaled"))
 				}
+				// Three slots gone: one worker left, serving. (A slot
+				// removed while a replacement boots in it, which taking a
+				// spare over starts, has two processes to stop: there are
+				// three scale-down exits or more.)
 				a.WaitUntil("3 workers gone", 10*time.Second, func() bool {
-					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("reason") == ReasonScaleDown })) == 3
+					if len(a.Find(func(r flocktest.Rec) bool { return r.Str("reason") == ReasonScaleDown })) < 3 {
+						return false
+					}
+					code, body, _ := a.Mon("GET", "/")
+					var st Status
+					return code == 200 && json.Unmarshal([]byte(body), &st) == nil && len(st.Workers) == 1 && st.Workers[0].State == "ready"
 				})
 				a.Signal(syscall.SIGTTIN)
 				a.WaitUntil("the new worker", 10*time.Second, func() bool {
