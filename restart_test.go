@@ -213,9 +213,45 @@ func TestSuspendedMasterKeepsHealthyWorkers(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 2, Timeout: 300 * time.Millisecond})
 	pids := a.Started(2)
 	require.NoError(t, syscall.Kill(a.PID, syscall.SIGSTOP))
+	// The point of the test: time passes (five Timeouts) while the master
+	// is stopped, so that it finds every worker silent when it resumes.
 	time.Sleep(1500 * time.Millisecond)
 	require.NoError(t, syscall.Kill(a.PID, syscall.SIGCONT))
-	time.Sleep(1500 * time.Millisecond) // pings answered; several Timeouts pass
+
+	// On resuming, the master must ask each worker for a sign of life
+	// (ping) and wait Timeout for the answer, not kill it. Wait until it
+	// has heard from each worker twice since: a worker reports its request
+	// count on a one-second ticker, and only when it changed, so sending
+	// requests until every worker's count on the status page has grown
+	// twice takes about a second of the master running, past the ping's
+	// answer window and several heartbeats. A worker killed meanwhile
+	// ends the wait, and the assertion below reports it.
+	heard := func(what string, since map[int]int64) map[int]int64 {
+		var counts map[int]int64
+		a.WaitUntil(what, 10*time.Second, func() bool {
+			if len(a.Events("exited")) > 0 {
+				return true
+			}
+			counts = map[int]int64{}
+			flocktest.Get(a.URL("/")) // a failure shows as an exit, reported below
+			code, body, _ := a.Mon("GET", "/")
+			require.Equal(t, 200, code, body)
+			var st Status
+			require.NoError(t, json.Unmarshal([]byte(body), &st))
+			for _, w := range st.Workers {
+				counts[w.PID] = w.Requests
+			}
+			for _, pid := range pids {
+				if counts[pid] <= since[pid] {
+					return false
+				}
+			}
+			return true
+		})
+		return counts
+	}
+	first := heard("a report from each worker after the resume", nil)
+	heard("a second report from each worker", first)
 	assert.Empty(t, a.Events("exited"))
 	for _, pid := range pids {
 		assert.True(t, flocktest.Alive(pid))
