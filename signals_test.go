@@ -29,13 +29,17 @@ func TestTTINAndTTOUBursts(t *testing.T) {
 	assert.Len(t, pids, 5)
 	assert.Equal(t, 5, a.Events("scaled")[3].Int("workers"))
 
-	for range 4 {
-		a.SignalUntil(syscall.SIGTTOU, "a slot removed", flocktest.Event("scaled"))
-	}
-	a.Signal(syscall.SIGTTOU)
 	scaledDown := func() []flocktest.Rec {
 		return a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == ReasonScaleDown })
 	}
+	// The first TTOU's worker exits before the next TTOU is sent: workers
+	// told to stop together drain together, and exit in any order.
+	a.SignalUntil(syscall.SIGTTOU, "a slot removed", flocktest.Event("scaled"))
+	a.WaitUntil("the first scale-down exit", 10*time.Second, func() bool { return len(scaledDown()) > 0 })
+	for range 3 {
+		a.SignalUntil(syscall.SIGTTOU, "a slot removed", flocktest.Event("scaled"))
+	}
+	a.Signal(syscall.SIGTTOU)
 	// Four slots removed: four scale-down exits, or more when a TTOU lands
 	// while the replacement that takes a removed slot's spare socket over
 	// boots in the slot it removes (two processes to stop there). The
