@@ -93,8 +93,11 @@ func TestWorkersDieWithMaster(t *testing.T) {
 func TestQueuedConnectionsSurviveWorkerCrash(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1})
 	old := a.Started(1)[0]
-	// Freeze the worker so connections pile up in the accept queue.
+	// Freeze the worker so connections pile up in the accept queue; not
+	// one of its threads may run once the test dials (one that still did
+	// could accept a connection, which would die with the worker).
 	require.NoError(t, syscall.Kill(old, syscall.SIGSTOP))
+	a.WaitUntil("the worker to stop", 5*time.Second, func() bool { return flocktest.Stopped(old) })
 	// Dial returns once the handshake is done: the connection is queued.
 	conns := make([]net.Conn, 20)
 	for i := range conns {

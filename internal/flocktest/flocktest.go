@@ -380,12 +380,33 @@ func Alive(pid int) bool {
 
 // ProcState is the one-letter state in /proc/pid/stat (R, S, T, Z…).
 func ProcState(pid int) string {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return statState(fmt.Sprintf("/proc/%d/stat", pid))
+}
+
+func statState(path string) string {
+	b, _ := os.ReadFile(path)
 	s := string(b)
 	if i := strings.LastIndexByte(s, ')'); i > 0 && len(s) > i+2 {
 		return s[i+2 : i+3]
 	}
 	return ""
+}
+
+// Stopped reports whether every thread of pid is stopped. kill(SIGSTOP)
+// returns before the signal has taken effect, and each thread stops on its
+// own way back to user space; until all have, a Go process can still run
+// (accept a connection, answer a request).
+func Stopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		if statState(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name())) != "T" {
+			return false
+		}
+	}
+	return true
 }
 
 // LoadRun is a load run in the background, started by StartLoad.
