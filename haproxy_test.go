@@ -26,6 +26,10 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    # Checks every 100 ms would otherwise time out after 100 ms as well
+    # (inter), and a monitor slower than that under load, once, takes a
+    # healthy instance out (fall 1): with both out, HAProxy answers 503.
+    timeout check 2s
 
 frontend web
     bind fd@3
