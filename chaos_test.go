@@ -15,7 +15,7 @@ import (
 )
 
 // Chaos under load: random TTIN (up to 8 workers), TTOU, HUP, kill -9 of a worker and ECV
-// disable/enable, one every 50–300 ms, while 8 clients open a new
+// disable/enable, one every 20–220 requests, while 8 clients open a new
 // connection per request. No request fails but those inside a killed
 // worker (one per client at most). Seeded: FLOCK_CHAOS_SEED replays a run,
 // FLOCK_CHAOS_TIME sets its length (default 20s).
@@ -34,7 +34,7 @@ func TestChaos(t *testing.T) {
 	const clients = 8
 	a := startApp(t, appSpec{Workers: 3, Budget: 1000})
 	a.Started(3)
-	stop := flocktest.StartLoad(a.URL("/"), clients, false)
+	load := flocktest.StartLoad(t, a.URL("/"), clients, false)
 	ops := map[string]int{}
 	for deadline := time.Now().Add(length); time.Now().Before(deadline); {
 		var op string
@@ -68,7 +68,7 @@ func TestChaos(t *testing.T) {
 			require.Equal(t, 204, code)
 		}
 		ops[op]++
-		<-time.After(time.Duration(50+rng.IntN(250)) * time.Millisecond) // pacing, not a wait for an effect
+		load.WaitRequests(int64(20 + rng.IntN(200))) // pacing by traffic
 	}
 	code, _, _ := a.Mon("POST", "/ecv/enable")
 	require.Equal(t, 204, code)
@@ -76,7 +76,7 @@ func TestChaos(t *testing.T) {
 		code, state := ecvState(a)
 		return code == 200 && state == "AVAILABLE"
 	})
-	res := stop()
+	res := load.Stop()
 	t.Logf("operations %v; load %s", ops, res)
 	assert.LessOrEqual(t, res.Failed.Load(), int64(ops["kill"]*clients), res.String())
 	assert.Greater(t, res.OK.Load(), int64(1000), res.String())

@@ -125,7 +125,7 @@ func TestECVWarningWithoutReadyWorker(t *testing.T) {
 // A failing, slow or unreachable probe is a WARNING within the probe's
 // bound; a passing one is AVAILABLE.
 func TestECVProbe(t *testing.T) {
-	nobody := flocktest.FreePort(t)
+	nobody := flocktest.RefusingAddr(t)
 	for _, tc := range []struct {
 		probe string
 		want  int
@@ -245,10 +245,16 @@ func TestMonitorUnderChurn(t *testing.T) {
 			}
 		}()
 	}
-	for _, sig := range []syscall.Signal{syscall.SIGTTIN, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGHUP, syscall.SIGTTOU} {
-		a.Signal(sig)
-		time.Sleep(150 * time.Millisecond)
-	}
+	// Each signal once the master has acted on the one before, so that
+	// none coalesces with the next of its kind.
+	// (The roll HUP asks for may wait for the one TTOU starts to take the
+	// removed slot's socket over; the signal event says HUP was taken.)
+	scaled := flocktest.Event("scaled")
+	a.SignalUntil(syscall.SIGTTIN, "a slot added", scaled)
+	a.SignalUntil(syscall.SIGTTIN, "a slot added", scaled)
+	a.SignalUntil(syscall.SIGTTOU, "a slot removed", scaled)
+	a.SignalUntil(syscall.SIGHUP, "HUP taken", func(r flocktest.Rec) bool { return r.Str("event") == "signal" && r.Str("signal") == "SIGHUP" })
+	a.SignalUntil(syscall.SIGTTOU, "a slot removed", scaled)
 	a.WaitFor("the roll", 10*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
 	cancel()
 	wg.Wait()

@@ -1,13 +1,13 @@
 package flock
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -26,9 +26,13 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    # Checks every 100 ms would otherwise time out after 100 ms as well
+    # (inter), and a monitor slower than that under load, once, takes a
+    # healthy instance out (fall 1): with both out, HAProxy answers 503.
+    timeout check 2s
 
 frontend web
-    bind %s
+    bind fd@3
     default_backend flock
 
 backend flock
@@ -43,6 +47,10 @@ backend flock
 // Two flock instances behind a real HAProxy that watches their ECV: taking
 // one out of rotation, then stopping it with TERM and a DrainDelay longer
 // than two check intervals, loses no request.
+//
+// HAProxy's frontend socket is the test's own, bound before HAProxy starts
+// and handed down as fd 3 (bind fd@3): a port picked, released and then
+// bound by HAProxy could be taken by someone else in between.
 func TestHAProxy(t *testing.T) {
 	bin, err := exec.LookPath("haproxy")
 	if err != nil {
@@ -52,19 +60,28 @@ func TestHAProxy(t *testing.T) {
 	b := startApp(t, appSpec{Workers: 2})
 	pidsA, pidsB := a.Started(2), b.Started(2)
 
-	fe := flocktest.FreePort(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	feSock, err := ln.(*net.TCPListener).File()
+	require.NoError(t, err)
+	defer feSock.Close()
 	_, portA, _ := net.SplitHostPort(a.Addr)
 	_, monA, _ := net.SplitHostPort(a.Monitor)
 	_, portB, _ := net.SplitHostPort(b.Addr)
 	_, monB, _ := net.SplitHostPort(b.Monitor)
 	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
-	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, haproxyConfig, fe, "127.0.0.1:"+portA, monA, "127.0.0.1:"+portB, monB), 0o644))
-	hap := exec.Command(bin, "-db", "-f", cfg)
-	hap.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	hap.Stdout, hap.Stderr = os.Stderr, os.Stderr
-	require.NoError(t, hap.Start())
-	t.Cleanup(func() { syscall.Kill(-hap.Process.Pid, syscall.SIGKILL); hap.Wait() })
-	url := "http://" + fe + "/"
+	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, haproxyConfig, "127.0.0.1:"+portA, monA, "127.0.0.1:"+portB, monB), 0o644))
+	hapCmd := exec.Command(bin, "-db", "-f", cfg)
+	hapCmd.ExtraFiles = []*os.File{feSock}
+	// Started as an application is: its own process group, killed when
+	// the test ends, its log lines (server state changes) read.
+	hap := flocktest.Start(t, hapCmd)
+	url := "http://" + ln.Addr().String() + "/"
+	// HAProxy's warning when it takes a server out after a failed check.
+	down := func(server string) func(flocktest.Rec) bool {
+		return func(r flocktest.Rec) bool { return strings.Contains(r.Str("msg"), "Server flock/"+server+" is DOWN") }
+	}
 
 	servedBy := func(n int) (fromA, fromB int) {
 		for range n {
@@ -90,16 +107,15 @@ func TestHAProxy(t *testing.T) {
 
 	// (a) Take A out of rotation under load.
 	for _, keepAlive := range []bool{true, false} {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		done := make(chan *flocktest.LoadResult)
-		go func() { done <- flocktest.Load(ctx, url, 8, 50000, keepAlive) }()
-		time.Sleep(500 * time.Millisecond)
+		load := flocktest.StartLoad(t, url, 8, keepAlive)
+		load.WaitRequests(traffic)
+		downs := len(hap.Find(down("a")))
 		code, _, _ := a.Mon("POST", "/ecv/disable")
 		require.Equal(t, 204, code)
-		time.Sleep(500 * time.Millisecond) // a few check intervals
+		hap.WaitUntil("HAProxy to take A out", 10*time.Second, func() bool { return len(hap.Find(down("a"))) > downs })
+		load.WaitRequests(traffic)
 		fromA, fromB := servedBy(20)
-		res := <-done
-		cancel()
+		res := load.Stop()
 		t.Logf("disable under load (keep-alive %v): %s", keepAlive, res)
 		assert.Zero(t, res.Failed.Load(), "disable, keep-alive %v: %s", keepAlive, res)
 		assert.Zero(t, fromA, "A still gets traffic while disabled")
@@ -112,14 +128,12 @@ func TestHAProxy(t *testing.T) {
 
 	// (b) Stop A with TERM under load: the ECV turns DISABLED at once and
 	// HAProxy moves away before A stops accepting.
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	done := make(chan *flocktest.LoadResult)
-	go func() { done <- flocktest.Load(ctx, url, 8, 100000, false) }()
-	time.Sleep(500 * time.Millisecond)
+	load := flocktest.StartLoad(t, url, 8, false)
+	load.WaitRequests(traffic)
 	a.Signal(syscall.SIGTERM)
-	res := <-done
+	assert.Equal(t, 0, a.ExitCode(10*time.Second))
+	load.WaitRequests(traffic) // B alone, under load
+	res := load.Stop()
 	t.Logf("TERM under load: %s", res)
 	assert.Zero(t, res.Failed.Load(), "TERM: %s", res)
-	assert.Equal(t, 0, a.ExitCode(10*time.Second))
 }

@@ -2,7 +2,6 @@ package flock
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -95,8 +94,11 @@ func TestWorkersDieWithMaster(t *testing.T) {
 func TestQueuedConnectionsSurviveWorkerCrash(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1})
 	old := a.Started(1)[0]
-	// Freeze the worker so connections pile up in the accept queue.
+	// Freeze the worker so connections pile up in the accept queue; not
+	// one of its threads may run once the test dials (one that still did
+	// could accept a connection, which would die with the worker).
 	require.NoError(t, syscall.Kill(old, syscall.SIGSTOP))
+	a.WaitUntil("the worker to stop", 5*time.Second, func() bool { return flocktest.Stopped(old) })
 	// Dial returns once the handshake is done: the connection is queued.
 	conns := make([]net.Conn, 20)
 	for i := range conns {
@@ -136,16 +138,14 @@ func TestWorkerRestartUnderLoadLosesNothing(t *testing.T) {
 		t.Run(fmt.Sprintf("keepalive=%v", keepAlive), func(t *testing.T) {
 			a := startApp(t, appSpec{Workers: 2})
 			pids := a.Started(2)
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			defer cancel()
-			done := make(chan *flocktest.LoadResult)
-			go func() { done <- flocktest.Load(ctx, a.URL("/"), 8, 100000, keepAlive) }()
-			time.Sleep(300 * time.Millisecond)
+			load := flocktest.StartLoad(t, a.URL("/"), 8, keepAlive)
+			load.WaitRequests(traffic)
 			for i, pid := range pids {
 				require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
 				a.WaitUntil("a replacement", 5*time.Second, func() bool { return len(a.Events("ready")) == len(pids)+i+1 })
 			}
-			res := <-done
+			load.WaitRequests(2 * traffic) // the replacements serve under load
+			res := load.Stop()
 			assert.Zero(t, res.Failed.Load(), res.String())
 			assert.Greater(t, res.OK.Load(), int64(500), res.String())
 			t.Log(res)

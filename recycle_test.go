@@ -16,13 +16,13 @@ import (
 func TestRecycleMaxConnections(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 2, MaxConnections: 300})
 	a.Started(2)
-	stop := flocktest.StartLoad(a.URL("/"), 4, false)
+	load := flocktest.StartLoad(t, a.URL("/"), 4, false)
 	a.WaitUntil("two recycles", 20*time.Second, func() bool {
 		return len(a.Find(func(r flocktest.Rec) bool {
 			return r.Str("event") == "exited" && r.Str("reason") == string(ExitRecycle)
 		})) >= 2
 	})
-	res := stop()
+	res := load.Stop()
 	assert.Zero(t, res.Failed.Load(), res.String())
 	why := a.WaitFor("the reason", time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "flock: recycling worker" })
 	assert.Regexp(t, `^accepted \d+ connections \(MaxConnections 300 with jitter\)$`, why.Str("why"))
@@ -33,8 +33,8 @@ func TestRecycleMaxConnections(t *testing.T) {
 func TestNoRecycleWhileDraining(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 1, MaxRequests: 100, Drain: 1500 * time.Millisecond})
 	a.Started(1)
-	stop := flocktest.StartLoad(a.URL("/"), 4, true)
-	defer stop()
+	load := flocktest.StartLoad(t, a.URL("/"), 4, true)
+	defer load.Stop()
 	a.WaitFor("a recycle", 10*time.Second, func(r flocktest.Rec) bool {
 		return r.Str("event") == "exited" && r.Str("reason") == string(ExitRecycle)
 	})

@@ -1,6 +1,7 @@
 package flock
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -20,6 +21,13 @@ var loadModes = []struct {
 	keepAlive bool
 }{{"keepalive", true}, {"newconn", false}}
 
+// traffic is how many requests a test lets the load complete before an
+// operation under load (so that every client is busy, and keep-alive
+// connections are open on the workers the operation replaces) and after
+// it (so that what replaced them serves under load too): a count, not a
+// time, so that it holds on a slow machine.
+const traffic = 200
+
 // HUP replaces every worker with the binary now on disk, each new worker
 // ready before its old one drains: no request fails.
 func TestHUPRollingRestartUnderLoad(t *testing.T) {
@@ -29,12 +37,12 @@ func TestHUPRollingRestartUnderLoad(t *testing.T) {
 			a := startAppAt(t, bin, appSpec{Workers: 4, InitDelay: 200 * time.Millisecond})
 			old := a.Started(4)
 			flocktest.InstallBinary(t, bin, "") // a deploy: a new file at the same path
-			stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
-			time.Sleep(300 * time.Millisecond)
+			load := flocktest.StartLoad(t, a.URL("/"), 8, mode.keepAlive)
+			load.WaitRequests(traffic)
 			a.Signal(syscall.SIGHUP)
 			done := a.WaitFor("the roll to finish", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
-			time.Sleep(300 * time.Millisecond)
-			res := stop()
+			load.WaitRequests(traffic)
+			res := load.Stop()
 			t.Log(res, "; roll:", done.Str("reason"))
 			assert.Zero(t, res.Failed.Load(), res.String())
 			assert.True(t, strings.HasPrefix(done.Str("reason"), "done in "), done.Str("reason"))
@@ -66,10 +74,10 @@ func TestHUPWithBrokenBinaryKeepsServing(t *testing.T) {
 	a := startAppAt(t, bin, appSpec{Workers: 2})
 	old := a.Started(2)
 	flocktest.InstallBinary(t, bin, "#!/bin/sh\nFLOCK_TEST_BREAK=1 exec "+real+" \"$@\"\n")
-	stop := flocktest.StartLoad(a.URL("/"), 4, false)
+	load := flocktest.StartLoad(t, a.URL("/"), 4, false)
 	a.Signal(syscall.SIGHUP)
 	done := a.WaitFor("the roll to stop", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
-	res := stop()
+	res := load.Stop()
 	assert.Zero(t, res.Failed.Load(), res.String())
 	assert.Contains(t, done.Str("reason"), "failed: a new worker did not become ready: slot ")
 	a.StillServedBy(old)
@@ -86,13 +94,13 @@ func TestRecycle(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			a := startApp(t, spec)
 			a.Started(2)
-			stop := flocktest.StartLoad(a.URL("/"), 4, true)
+			load := flocktest.StartLoad(t, a.URL("/"), 4, true)
 			a.WaitUntil("two recycles", 20*time.Second, func() bool {
 				return len(a.Find(func(r flocktest.Rec) bool {
 					return r.Str("event") == "exited" && r.Str("reason") == string(ExitRecycle)
 				})) >= 2
 			})
-			res := stop()
+			res := load.Stop()
 			assert.Zero(t, res.Failed.Load(), res.String())
 			assert.Empty(t, a.Find(func(r flocktest.Rec) bool {
 				return r.Str("event") == "exited" && r.Str("reason") != string(ExitRecycle)
@@ -108,14 +116,13 @@ func TestTTINUnderLoad(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			a := startApp(t, appSpec{Workers: 1, InitDelay: 100 * time.Millisecond})
 			a.Started(1)
-			stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
+			load := flocktest.StartLoad(t, a.URL("/"), 8, mode.keepAlive)
 			for range 3 {
-				a.Signal(syscall.SIGTTIN)
-				time.Sleep(100 * time.Millisecond)
+				a.SignalUntil(syscall.SIGTTIN, "a slot added", flocktest.Event("scaled"))
 			}
 			a.Started(4)
-			time.Sleep(300 * time.Millisecond)
-			res := stop()
+			load.WaitRequests(traffic)
+			res := load.Stop()
 			assert.Zero(t, res.Failed.Load(), res.String())
 		})
 	}
@@ -136,21 +143,23 @@ func TestTTOUUnderLoad(t *testing.T) {
 			for _, mode := range loadModes {
 				a := startApp(t, appSpec{Workers: 4})
 				a.Started(4)
-				stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
-				time.Sleep(200 * time.Millisecond)
+				load := flocktest.StartLoad(t, a.URL("/"), 8, mode.keepAlive)
+				load.WaitRequests(traffic)
 				for range 3 {
-					a.Signal(syscall.SIGTTOU)
-					time.Sleep(100 * time.Millisecond)
+					a.SignalUntil(syscall.SIGTTOU, "a slot removed", flocktest.Event("scaled"))
 				}
+				// Three slots gone (nothing is started for a TTOU: exactly
+				// three scale-down exits), one worker left, serving.
 				a.WaitUntil("3 workers gone", 10*time.Second, func() bool {
 					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("reason") == string(ExitScaleDown) })) == 3
 				})
+				readyStatus(a, 1)
 				a.Signal(syscall.SIGTTIN)
 				a.WaitUntil("the new worker", 10*time.Second, func() bool {
 					return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == string(StartScale) })) == 1
 				})
-				time.Sleep(300 * time.Millisecond)
-				res := stop()
+				load.WaitRequests(traffic)
+				res := load.Stop()
 				t.Logf("%s: %s", mode.name, res)
 				assert.Zero(t, res.Failed.Load(), "%s: %s", mode.name, res)
 				spared := len(a.Find(func(r flocktest.Rec) bool { return r.Str("msg") == "flock: serving a spare socket too" }))
@@ -174,12 +183,12 @@ func TestTTOUUnderLoad(t *testing.T) {
 func TestKillWorkerUnderLoad(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 2})
 	pids := a.Started(2)
-	stop := flocktest.StartLoad(a.URL("/"), 8, false)
-	time.Sleep(300 * time.Millisecond)
+	load := flocktest.StartLoad(t, a.URL("/"), 8, false)
+	load.WaitRequests(traffic)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
 	a.Started(3)
-	time.Sleep(300 * time.Millisecond)
-	res := stop()
+	load.WaitRequests(traffic)
+	res := load.Stop()
 	t.Log(res)
 	assert.LessOrEqual(t, res.Failed.Load(), int64(8), res.String())
 }
@@ -205,9 +214,45 @@ func TestSuspendedMasterKeepsHealthyWorkers(t *testing.T) {
 	a := startApp(t, appSpec{Workers: 2, Timeout: 300 * time.Millisecond})
 	pids := a.Started(2)
 	require.NoError(t, syscall.Kill(a.PID, syscall.SIGSTOP))
+	// The point of the test: time passes (five Timeouts) while the master
+	// is stopped, so that it finds every worker silent when it resumes.
 	time.Sleep(1500 * time.Millisecond)
 	require.NoError(t, syscall.Kill(a.PID, syscall.SIGCONT))
-	time.Sleep(1500 * time.Millisecond) // pings answered; several Timeouts pass
+
+	// On resuming, the master must ask each worker for a sign of life
+	// (ping) and wait Timeout for the answer, not kill it. Wait until it
+	// has heard from each worker twice since: a worker reports its request
+	// count on a one-second ticker, and only when it changed, so sending
+	// requests until every worker's count on the status page has grown
+	// twice takes about a second of the master running, past the ping's
+	// answer window and several heartbeats. A worker killed meanwhile
+	// ends the wait, and the assertion below reports it.
+	heard := func(what string, since map[int]int64) map[int]int64 {
+		var counts map[int]int64
+		a.WaitUntil(what, 10*time.Second, func() bool {
+			if len(a.Events("exited")) > 0 {
+				return true
+			}
+			counts = map[int]int64{}
+			flocktest.Get(a.URL("/")) // a failure shows as an exit, reported below
+			code, body, _ := a.Mon("GET", "/")
+			require.Equal(t, 200, code, body)
+			var st Status
+			require.NoError(t, json.Unmarshal([]byte(body), &st))
+			for _, w := range st.Workers {
+				counts[w.PID] = w.Requests
+			}
+			for _, pid := range pids {
+				if counts[pid] <= since[pid] {
+					return false
+				}
+			}
+			return true
+		})
+		return counts
+	}
+	first := heard("a report from each worker after the resume", nil)
+	heard("a second report from each worker", first)
 	assert.Empty(t, a.Events("exited"))
 	for _, pid := range pids {
 		assert.True(t, flocktest.Alive(pid))

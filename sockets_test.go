@@ -87,11 +87,11 @@ func TestTTOUWithBrokenBinaryOnDisk(t *testing.T) {
 	flocktest.InstallBinary(t, bin, "#!/bin/sh\nexit 1\n")
 	forks, lines := len(a.Events("forked")), len(a.Find(func(flocktest.Rec) bool { return true }))
 
-	stop := flocktest.StartLoad(a.URL("/"), 8, false)
+	load := flocktest.StartLoad(t, a.URL("/"), 8, false)
 	a.Signal(syscall.SIGTTOU)
 	a.WaitFor("the scale-down", 10*time.Second, func(r flocktest.Rec) bool { return r.Str("reason") == string(ExitScaleDown) })
 	assert.Zero(t, unanswered(t, a.Addr, 30), "connections left on a socket nobody accepts on")
-	res := stop()
+	res := load.Stop()
 	assert.Zero(t, res.Failed.Load(), res.String())
 	assert.Equal(t, forks, len(a.Events("forked")), "no worker started")
 	assert.Less(t, len(a.Find(func(flocktest.Rec) bool { return true }))-lines, 50, "log lines after the TTOU")

@@ -29,11 +29,11 @@ func TestUSR2UpgradeUnderLoad(t *testing.T) {
 			code, _, _ := a.Mon("POST", "/ecv/disable") // the new master keeps this state
 			require.Equal(t, 204, code)
 
-			stop := flocktest.StartLoad(a.URL("/"), 8, mode.keepAlive)
-			time.Sleep(200 * time.Millisecond)
+			load := flocktest.StartLoad(t, a.URL("/"), 8, mode.keepAlive)
+			load.WaitRequests(traffic)
 			a.Signal(syscall.SIGUSR2)
 			assert.Equal(t, 0, a.ExitCode(20*time.Second), "the old master exits 0 once it has drained")
-			res := stop()
+			res := load.Stop()
 			t.Log(res)
 			assert.Zero(t, res.Failed.Load(), res.String())
 
@@ -74,13 +74,13 @@ func TestUSR2BrokenBinaryRollsBack(t *testing.T) {
 			a := startAppAt(t, bin, appSpec{Workers: 2, UpgradeTimeout: 2 * time.Second})
 			old := a.Started(2)
 			flocktest.InstallBinary(t, bin, strings.ReplaceAll(tc.script, "REAL", real))
-			stop := flocktest.StartLoad(a.URL("/"), 4, false)
+			load := flocktest.StartLoad(t, a.URL("/"), 4, false)
 			a.Signal(syscall.SIGUSR2)
 			e := a.WaitFor("the rollback", 20*time.Second, func(r flocktest.Rec) bool {
 				return r.Str("event") == "upgrade" && strings.HasPrefix(r.Str("reason"), "failed")
 			})
-			time.Sleep(200 * time.Millisecond)
-			res := stop()
+			load.WaitRequests(traffic) // the old master serves on under load
+			res := load.Stop()
 			t.Log(e.Str("reason"), "; ", res)
 			assert.Zero(t, res.Failed.Load(), res.String())
 			for _, pid := range old {

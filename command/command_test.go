@@ -283,10 +283,10 @@ func TestShutdownAll(t *testing.T) {
 // restart all under load: no request fails.
 func TestRestartUnderLoad(t *testing.T) {
 	a := startApp(t, 4)
-	stop := flocktest.StartLoad(a.URL("/"), 8, false)
-	time.Sleep(200 * time.Millisecond)
+	load := flocktest.StartLoad(t, a.URL("/"), 8, false)
+	load.WaitRequests(200) // every client busy before the restart
 	code, body, _ := a.call("restart all")
-	res := stop()
+	res := load.Stop()
 	assert.Equal(t, 200, code, body)
 	assert.Equal(t, `"4 workers restarted successfully"`, body)
 	assert.Zero(t, res.Failed.Load(), res.String())

@@ -21,11 +21,13 @@ func TestFlockctl(t *testing.T) {
 	build := exec.Command("go", "build", "-o", bin, "github.com/flockhq/flock/example")
 	built, err := build.CombinedOutput()
 	require.NoError(t, err, "%s", built)
-	addr := flocktest.FreePort(t)
+	// The endpoint on a port of the kernel's choosing, read from the log:
+	// a port picked by the test and released could be taken before the
+	// example binds it.
 	a := flocktest.Start(t, exec.Command(bin, "-addr", "127.0.0.1:0", "-workers", "2", "-log-json",
-		"-access-key", "k3y", "-command-addr", addr))
+		"-access-key", "k3y", "-command-addr", "127.0.0.1:0"))
 	a.Started(2)
-	a.WaitFor("the command endpoint", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "command: endpoint listening" })
+	addr := a.WaitFor("the command endpoint", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "command: endpoint listening" }).Str("addr")
 
 	ctl := func(args ...string) (int, string, string) {
 		var stdout, stderr bytes.Buffer
@@ -57,7 +59,7 @@ func TestFlockctl(t *testing.T) {
 	assert.Equal(t, 3, code)
 	assert.Equal(t, "flockctl: not authorized: wrong access key for "+addr, errOut)
 
-	nobody := flocktest.FreePort(t)
+	nobody := flocktest.RefusingAddr(t)
 	code, _, errOut = ctl("-addr", nobody, "info")
 	assert.Equal(t, 3, code)
 	assert.Contains(t, errOut, "flockctl: nothing answers on "+nobody)

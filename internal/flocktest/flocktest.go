@@ -37,11 +37,23 @@ type App struct {
 	// known once Listening (or Started) has returned.
 	Addr, Monitor string
 	exited        chan struct{}
+	// readDone is closed when the reader of the processes' stderr has
+	// reached end of file: every process holding the pipe has exited, and
+	// the cleanup has closed w.
+	readDone chan struct{}
+	// w is the test's own write end of that pipe, for marks (see caughtUp).
+	w *os.File
 
 	mu     sync.Mutex
 	recs   []Rec
 	stderr strings.Builder
+	marks  map[string]chan struct{} // written, not yet read
+	nmarks int
 }
+
+// markPrefix starts the lines the test itself writes into the stderr pipe
+// (see caughtUp); the reader keeps them out of the records.
+const markPrefix = "flocktest: mark "
 
 // Rec is one JSON log line of the master or a worker.
 type Rec map[string]any
@@ -87,9 +99,13 @@ func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
 	r, w, err := os.Pipe()
 	require.NoError(t, err)
 	cmd.Stderr = w
-	require.NoError(t, cmd.Start())
-	w.Close()
-	a := &App{t: t, Cmd: cmd, PID: cmd.Process.Pid, exited: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
+		require.NoError(t, err)
+	}
+	// The test keeps its write end open until the cleanup, to write marks.
+	a := &App{t: t, Cmd: cmd, PID: cmd.Process.Pid, w: w, exited: make(chan struct{}), readDone: make(chan struct{}), marks: map[string]chan struct{}{}}
 	go a.read(r)
 	go func() { cmd.Wait(); close(a.exited) }()
 	t.Cleanup(func() {
@@ -97,6 +113,17 @@ func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
 		// master a USR2 started with its own workers.
 		syscall.Kill(-a.PID, syscall.SIGKILL)
 		<-a.exited
+		// Only at end of file is every line read, a race report a worker
+		// wrote just before it was killed included. It comes once the
+		// test's own end is closed and every process of the group has gone,
+		// which SIGKILL makes quick; the bound is for a process that
+		// escaped the group, which would be a leak.
+		a.w.Close()
+		select {
+		case <-a.readDone:
+		case <-time.After(10 * time.Second):
+			t.Errorf("the application's stderr is still open 10 s after its process group was killed: some process outside the group holds it (leaked), and its last lines, race reports included, may be missing")
+		}
 		if races := a.Find(func(r Rec) bool { return strings.Contains(r.Str("msg"), "WARNING: DATA RACE") }); len(races) > 0 {
 			t.Errorf("the application's processes reported %d data races", len(races))
 		}
@@ -109,25 +136,75 @@ func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
 	return a
 }
 
+// read parses the processes' stderr, a record per line, until end of file.
+// Lines of any length are read: stopping early would leave the writers
+// blocked on a full pipe, or killed by SIGPIPE.
 func (a *App) read(r io.ReadCloser) {
+	defer close(a.readDone)
 	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		var v Rec
-		if json.Unmarshal([]byte(line), &v) != nil {
-			v = Rec{"msg": line, "raw": true}
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if line = strings.TrimSuffix(line, "\n"); line != "" {
+			a.record(line)
 		}
-		a.mu.Lock()
-		a.recs = append(a.recs, v)
-		a.stderr.WriteString(line + "\n")
-		a.mu.Unlock()
+		if err != nil {
+			return
+		}
 	}
 }
 
-// started waits until the master listens and n workers are ready, and
-// returns their pids.
+func (a *App) record(line string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if strings.HasPrefix(line, markPrefix) {
+		if ch, ok := a.marks[line]; ok {
+			close(ch)
+			delete(a.marks, line)
+		}
+		return
+	}
+	var v Rec
+	if json.Unmarshal([]byte(line), &v) != nil {
+		v = Rec{"msg": line, "raw": true}
+	}
+	a.recs = append(a.recs, v)
+	a.stderr.WriteString(line + "\n")
+}
+
+// caughtUp reports whether, within d, the reader has read everything
+// written to the stderr pipe before the call. It writes a mark line into
+// the pipe and waits for the reader to come to it: a pipe is read in the
+// order it was written. The mark begins with a newline, so that it is a
+// line of its own even if it lands after an unfinished one.
+func (a *App) caughtUp(d time.Duration) bool {
+	a.mu.Lock()
+	a.nmarks++
+	mark := fmt.Sprintf("%s%d", markPrefix, a.nmarks)
+	seen := make(chan struct{})
+	a.marks[mark] = seen
+	a.mu.Unlock()
+	if _, err := a.w.WriteString("\n" + mark + "\n"); err != nil {
+		// The reader is gone (end of file): it has read everything.
+		select {
+		case <-a.readDone:
+			return true
+		case <-time.After(d):
+			return false
+		}
+	}
+	select {
+	case <-seen:
+		return true
+	case <-a.readDone:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// Started waits until the master listens and n workers are ready, and
+// returns the pids of the workers that became ready, in order.
 func (a *App) Started(n int) []int {
 	a.t.Helper()
 	a.Listening()
@@ -139,17 +216,20 @@ func (a *App) Started(n int) []int {
 	return pids
 }
 
-// listening waits until the master has bound its sockets.
+// Listening waits until the master has bound its sockets, and sets Addr
+// and Monitor.
 func (a *App) Listening() {
 	a.t.Helper()
 	l := a.WaitFor("listening", 10*time.Second, func(r Rec) bool { return r.Str("event") == "listening" })
 	a.Addr, a.Monitor = l.Str("addr"), l.Str("monitor")
 }
 
+// Events is every record of the event kind so far.
 func (a *App) Events(kind string) []Rec {
 	return a.Find(func(r Rec) bool { return r.Str("event") == kind })
 }
 
+// Find is every record so far that matches.
 func (a *App) Find(match func(Rec) bool) []Rec {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -162,7 +242,8 @@ func (a *App) Find(match func(Rec) bool) []Rec {
 	return out
 }
 
-// waitFor polls the logs for the first record that matches.
+// WaitFor waits up to d for a record that matches, and returns the first
+// one; the test fails if none comes.
 func (a *App) WaitFor(what string, d time.Duration, match func(Rec) bool) Rec {
 	a.t.Helper()
 	var found Rec
@@ -176,12 +257,15 @@ func (a *App) WaitFor(what string, d time.Duration, match func(Rec) bool) Rec {
 	return found
 }
 
+// WaitUntil waits up to d for cond to hold; the test fails if it does not,
+// naming what it waited for.
 func (a *App) WaitUntil(what string, d time.Duration, cond func() bool) {
 	a.t.Helper()
 	require.True(a.t, Poll(d, cond), "timed out after %v waiting for %s", d, what)
 }
 
-// poll checks cond every 10 ms until it holds or d has passed.
+// Poll checks cond every 10 ms until it holds or d has passed, and reports
+// whether it held.
 func Poll(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for {
@@ -195,26 +279,64 @@ func Poll(d time.Duration, cond func() bool) bool {
 	}
 }
 
+// Signal sends sig to the master.
 func (a *App) Signal(sig syscall.Signal) {
 	a.t.Helper()
 	require.NoError(a.t, syscall.Kill(a.PID, sig))
 }
 
-// exitCode waits for the master to exit and returns its status.
+// SignalUntil sends sig to the master and waits up to 10 s for one more
+// record matching than there was before: the effect of that signal. A test
+// that sends several signals of one kind waits this way between them,
+// since signals sent faster than the master takes them coalesce in the
+// kernel and would be acted on once.
+func (a *App) SignalUntil(sig syscall.Signal, what string, match func(Rec) bool) Rec {
+	a.t.Helper()
+	before := len(a.Find(match))
+	a.Signal(sig)
+	var found Rec
+	a.WaitUntil(what, 10*time.Second, func() bool {
+		rs := a.Find(match)
+		if len(rs) > before {
+			found = rs[before]
+			return true
+		}
+		return false
+	})
+	return found
+}
+
+// Event matches the records of the event kind.
+func Event(kind string) func(Rec) bool {
+	return func(r Rec) bool { return r.Str("event") == kind }
+}
+
+// ExitCode waits up to d for the master to exit, then until every line it
+// wrote has been read, and returns its exit status.
+//
+// Every line: its writes all happened before it exited, so a mark written
+// into the pipe after the exit comes behind them, and once the reader has
+// come to the mark they have been read (see caughtUp). Waiting for end of
+// file instead would be right only when the master leaves no process
+// behind: the pipe stays open while any process holding it runs, and a
+// USR2 upgrade leaves, by design, a new master and its workers running
+// until the test's cleanup kills them.
 func (a *App) ExitCode(d time.Duration) int {
 	a.t.Helper()
 	select {
 	case <-a.exited:
-		return a.Cmd.ProcessState.ExitCode()
 	case <-time.After(d):
 		require.FailNow(a.t, "master still running", "after %v", d)
-		return 0
 	}
+	require.True(a.t, a.caughtUp(10*time.Second), "the master's last lines were not read within 10 s of its exit")
+	return a.Cmd.ProcessState.ExitCode()
 }
 
+// URL is the application's URL for path.
 func (a *App) URL(path string) string { return "http://" + a.Addr + path }
 
-// mon sends a request to the monitor and returns the status and body.
+// Mon sends a request to the monitor and returns the status, the body and
+// the header.
 func (a *App) Mon(method, path string) (int, string, http.Header) {
 	a.t.Helper()
 	req, err := http.NewRequest(method, "http://"+a.Monitor+path, nil)
@@ -227,7 +349,8 @@ func (a *App) Mon(method, path string) (int, string, http.Header) {
 	return resp.StatusCode, string(b), resp.Header
 }
 
-// get makes one request on a fresh connection.
+// Get makes one request on a fresh connection and returns the pid of the
+// worker that answered; any status but 200 is an error.
 func Get(url string) (pid int, err error) {
 	c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Get(url)
@@ -244,7 +367,7 @@ func Get(url string) (pid int, err error) {
 	return strconv.Atoi(resp.Header.Get("X-Worker-Pid"))
 }
 
-// alive reports whether pid is a running (not zombie) process.
+// Alive reports whether pid is a running (not zombie) process.
 func Alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -255,9 +378,13 @@ func Alive(pid int) bool {
 	return i > 0 && len(s) > i+2 && s[i+2] != 'Z'
 }
 
-// procState is the one-letter state in /proc/pid/stat (R, S, T, Z…).
+// ProcState is the one-letter state in /proc/pid/stat (R, S, T, Z…).
 func ProcState(pid int) string {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return statState(fmt.Sprintf("/proc/%d/stat", pid))
+}
+
+func statState(path string) string {
+	b, _ := os.ReadFile(path)
 	s := string(b)
 	if i := strings.LastIndexByte(s, ')'); i > 0 && len(s) > i+2 {
 		return s[i+2 : i+3]
@@ -265,16 +392,69 @@ func ProcState(pid int) string {
 	return ""
 }
 
-// startLoad runs load in the background until the returned function is
-// called (or a minute has passed), and returns what it counted.
-func StartLoad(url string, clients int, keepAlive bool) func() *LoadResult {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	done := make(chan *LoadResult)
-	go func() { done <- Load(ctx, url, clients, 1_000_000, keepAlive) }()
-	return func() *LoadResult { cancel(); return <-done }
+// Stopped reports whether every thread of pid is stopped. kill(SIGSTOP)
+// returns before the signal has taken effect, and each thread stops on its
+// own way back to user space; until all have, a Go process can still run
+// (accept a connection, answer a request).
+func Stopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		if statState(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name())) != "T" {
+			return false
+		}
+	}
+	return true
 }
 
-// copyTestBinary copies the test binary into a fresh directory everyone may
+// LoadRun is a load run in the background, started by StartLoad.
+type LoadRun struct {
+	t      *testing.T
+	res    *LoadResult
+	cancel context.CancelFunc
+	done   <-chan struct{}
+}
+
+// StartLoad runs clients clients sending requests to url in the background
+// (see Load) until Stop is called, the test ends, or a minute has passed.
+func StartLoad(t *testing.T, url string, clients int, keepAlive bool) *LoadRun {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	res, done := loadgen.Start(ctx, url, clients, 1_000_000, keepAlive)
+	l := &LoadRun{t: t, res: res, cancel: cancel, done: done}
+	t.Cleanup(func() { l.Stop() })
+	return l
+}
+
+// Stop ends the run, once the requests under way have completed, and
+// returns what it counted. It may be called more than once.
+func (l *LoadRun) Stop() *LoadResult {
+	l.cancel()
+	<-l.done
+	return l.res
+}
+
+// WaitRequests waits until n more requests have completed (answered or
+// failed) than when it was called: traffic, rather than time, before or
+// after an operation under load. The test fails if that takes more than
+// 20 s or the run ends first.
+func (l *LoadRun) WaitRequests(n int64) {
+	l.t.Helper()
+	want := l.res.Completed() + n
+	ended := false
+	require.True(l.t, Poll(20*time.Second, func() bool {
+		select {
+		case <-l.done:
+			ended = true
+		default:
+		}
+		return ended || l.res.Completed() >= want
+	}), "timed out waiting for %d more requests: %s", n, l.res)
+	require.False(l.t, ended && l.res.Completed() < want, "the load ended before %d more requests: %s", n, l.res)
+}
+
+// CopyBinary copies the test binary into a fresh directory everyone may
 // read, and returns its path: a test can then replace the file as a deploy
 // would.
 func CopyBinary(t *testing.T) string {
@@ -288,7 +468,7 @@ func CopyBinary(t *testing.T) string {
 	return bin
 }
 
-// installBinary puts a new file at path, by rename as a deploy does: a
+// InstallBinary puts a new file at path, by rename as a deploy does: a
 // fresh copy of the test binary, or, when script is set, that shell script.
 func InstallBinary(t *testing.T, path, script string) {
 	t.Helper()
@@ -338,10 +518,19 @@ func InNetns(t *testing.T, setup string) bool {
 	return false
 }
 
-// freePort returns a loopback address nobody listens on right now.
-func FreePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// RefusingAddr returns a loopback address that refuses connections until
+// the test ends. A socket is bound there and never listens: nothing else
+// can bind the port meanwhile (the socket does not set SO_REUSEADDR or
+// SO_REUSEPORT), and a connection gets a reset. Closing a listener and
+// handing out its address instead would leave the port for anyone to take
+// before the test uses it.
+func RefusingAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Cleanup(func() { syscall.Close(fd) })
+	require.NoError(t, syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	sa, err := syscall.Getsockname(fd)
+	require.NoError(t, err)
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
 }

@@ -26,13 +26,36 @@ func (r *Result) String() string {
 	return fmt.Sprintf("%d ok, %d failed %v", r.OK.Load(), r.Failed.Load(), r.firstErrs)
 }
 
+// Completed is the number of requests that have completed so far,
+// answered or failed. It may be read while the run goes on.
+func (r *Result) Completed() int64 { return r.OK.Load() + r.Failed.Load() }
+
 // Run has clients goroutines send GET requests to url until ctx ends or
 // maxRequests have been sent, and counts them; a request fails on any
 // transport error or a status other than 200. keepAlive chooses between
 // reusing connections and opening a new one per request. Requests under
 // way when ctx ends complete and are counted.
 func Run(ctx context.Context, url string, clients, maxRequests int, keepAlive bool) *Result {
+	res, done := Start(ctx, url, clients, maxRequests, keepAlive)
+	<-done
+	return res
+}
+
+// Start does what Run does in the background, so that a caller can watch
+// the counts grow (a test waits for traffic rather than for time to pass):
+// it returns the Result at once, and a channel closed when the run is over
+// and the Result final.
+func Start(ctx context.Context, url string, clients, maxRequests int, keepAlive bool) (*Result, <-chan struct{}) {
 	res := &Result{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res.run(ctx, url, clients, maxRequests, keepAlive)
+	}()
+	return res, done
+}
+
+func (r *Result) run(ctx context.Context, url string, clients, maxRequests int, keepAlive bool) {
 	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: clients}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
@@ -52,18 +75,17 @@ func Run(ctx context.Context, url string, clients, maxRequests int, keepAlive bo
 					}
 				}
 				if err != nil {
-					res.Failed.Add(1)
-					res.mu.Lock()
-					if len(res.firstErrs) < 5 {
-						res.firstErrs = append(res.firstErrs, err.Error())
+					r.Failed.Add(1)
+					r.mu.Lock()
+					if len(r.firstErrs) < 5 {
+						r.firstErrs = append(r.firstErrs, err.Error())
 					}
-					res.mu.Unlock()
+					r.mu.Unlock()
 					continue
 				}
-				res.OK.Add(1)
+				r.OK.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
-	return res
 }
