@@ -38,31 +38,31 @@ func TestChaos(t *testing.T) {
 	ops := map[string]int{}
 	for deadline := time.Now().Add(length); time.Now().Before(deadline); {
 		var op string
-		switch rng.IntN(7) {
-		case 0:
+		switch rng.IntN(8) {
+		case 0, 1:
 			if len(status(a).Workers) >= 8 {
 				continue
 			}
 			op = "TTIN"
 			a.Signal(syscall.SIGTTIN)
-		case 1, 2:
+		case 2, 3:
 			op = "TTOU"
 			a.Signal(syscall.SIGTTOU)
-		case 3:
+		case 4:
 			op = "HUP"
 			a.Signal(syscall.SIGHUP)
-		case 4:
+		case 5:
 			st := status(a)
 			if len(st.Workers) == 0 {
 				continue
 			}
 			op = "kill"
 			syscall.Kill(st.Workers[rng.IntN(len(st.Workers))].PID, syscall.SIGKILL)
-		case 5:
+		case 6:
 			op = "disable"
 			code, _, _ := a.Mon("POST", "/ecv/disable")
 			require.Equal(t, 204, code)
-		case 6:
+		case 7:
 			op = "enable"
 			code, _, _ := a.Mon("POST", "/ecv/enable")
 			require.Equal(t, 204, code)
