@@ -9,25 +9,6 @@ import (
 	"github.com/stretchr/testify/assert"
 )
 
-// MaxConnections (cluster2's connThreshold) recycles a worker once it has
-// accepted that many connections, readiness-gated, without a failed
-// request; keep-alive connections count once each, so the load opens a
-// new connection per request.
-func TestRecycleMaxConnections(t *testing.T) {
-	a := startApp(t, appSpec{Workers: 2, MaxConnections: 300})
-	a.Started(2)
-	load := flocktest.StartLoad(t, a.URL("/"), 4, false)
-	a.WaitUntil("two recycles", 20*time.Second, func() bool {
-		return len(a.Find(func(r flocktest.Rec) bool {
-			return r.Str("event") == "exited" && r.Str("reason") == string(ExitRecycle)
-		})) >= 2
-	})
-	res := load.Stop()
-	assert.Zero(t, res.Failed.Load(), res.String())
-	why := a.WaitFor("the reason", time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "flock: recycling worker" })
-	assert.Regexp(t, `^accepted \d+ connections \(MaxConnections 300 with jitter\)$`, why.Str("why"))
-}
-
 // Recycling stops once a shutdown has begun: no worker is started during
 // DrainDelay, though requests keep coming.
 func TestNoRecycleWhileDraining(t *testing.T) {

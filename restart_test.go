@@ -83,18 +83,21 @@ func TestHUPWithBrokenBinaryKeepsServing(t *testing.T) {
 	a.StillServedBy(old)
 }
 
-// MaxRequests, MaxUptime and MaxMemory each recycle workers, one at a
-// time and readiness-gated, under load, without a failed request.
+// MaxRequests, MaxConnections, MaxUptime and MaxMemory each recycle
+// workers, one at a time and readiness-gated, under load, without a failed
+// request.
 func TestRecycle(t *testing.T) {
 	for name, spec := range map[string]appSpec{
-		"MaxRequests": {Workers: 2, MaxRequests: 200},
-		"MaxUptime":   {Workers: 2, MaxUptime: 300 * time.Millisecond},
-		"MaxMemory":   {Workers: 2, MaxMemory: 1 << 20}, // every Go process is bigger
+		"MaxRequests":    {Workers: 2, MaxRequests: 200},
+		"MaxConnections": {Workers: 2, MaxConnections: 300}, // cluster2's connThreshold
+		"MaxUptime":      {Workers: 2, MaxUptime: 300 * time.Millisecond},
+		"MaxMemory":      {Workers: 2, MaxMemory: 1 << 20}, // every Go process is bigger
 	} {
 		t.Run(name, func(t *testing.T) {
 			a := startApp(t, spec)
 			a.Started(2)
-			load := flocktest.StartLoad(t, a.URL("/"), 4, true)
+			// A keep-alive connection counts once: MaxConnections needs new ones.
+			load := flocktest.StartLoad(t, a.URL("/"), 4, spec.MaxConnections == 0)
 			a.WaitUntil("two recycles", 20*time.Second, func() bool {
 				return len(a.Find(func(r flocktest.Rec) bool {
 					return r.Str("event") == "exited" && r.Str("reason") == string(ExitRecycle)
