@@ -76,10 +76,13 @@
 //
 // One file per responsibility: master.go (the loop that owns all state),
 // state.go (slot and worker states and their transitions), spawn.go (the
-// seam to a worker process), supervise.go (readiness, heartbeat, exits,
-// back-off), scale.go, shutdown.go, roll.go (readiness-gated replacement),
-// recycle.go, sockets.go, upgrade.go (USR2), events.go, status.go,
-// control.go (the Controller), ecv.go (the monitor), signals.go, worker.go
+// seam to a worker process), protocol.go (flock's own kind of worker, both
+// ends of its control socket), binary.go (pinned executables),
+// supervise.go (readiness, heartbeat, exits, back-off), scale.go,
+// shutdown.go, roll.go (readiness-gated replacement), recycle.go,
+// sockets.go (slot sockets and spares), resources.go (the descriptor
+// budget), upgrade.go (USR2), events.go, status.go, control.go (the
+// Controller), ecv.go (the monitor), signals.go, ratelimit.go, worker.go
 // (the worker side), options.go (defaults and validation).
 //
 // # Platforms
