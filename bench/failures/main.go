@@ -23,6 +23,9 @@
 // failure or Ctrl-C. Each scenario is bounded in time (< 60 s) and in
 // requests; all traffic goes to 127.0.0.1. Log lines are counted as they
 // are read from the master's stderr, which the workers share.
+//
+// One file of about 1,000 lines on purpose: it is read top to bottom, one
+// scenario after another, like a lab notebook; nothing in it is imported.
 package main
 
 import (
