@@ -249,6 +249,21 @@ type Options struct {
 	// identity (the master must be root). Group defaults to User's primary
 	// group.
 	User, Group string
+
+	// PIDDir, when set, is a directory (created if missing) where the
+	// master writes master.PID.pid and one worker.PID.pid per worker, each
+	// holding the pid, as cluster2's pids option: removed when the process
+	// exits, and files left by processes that are gone are removed at start.
+	PIDDir string
+
+	// Single serves the handler in the calling process, with no master and
+	// no workers (cluster2's cluster: false): for development, debuggers and
+	// profilers. FLOCK_SINGLE=1 in the environment switches it on too. Init
+	// runs first; TERM and QUIT drain gracefully within ShutdownTimeout, INT
+	// stops at once; TLS, the timeouts, PIDFile and PIDDir apply. There is
+	// no monitor, no extension, no recycling, and TTIN, TTOU, HUP and USR2
+	// are ignored.
+	Single bool
 }
 
 // Version is flock's version.
@@ -262,6 +277,7 @@ const (
 	envWorker    = "FLOCK_WORKER"     // the worker's slot number
 	envMasterPID = "FLOCK_MASTER_PID" // so a worker can tell its master is gone
 	envSpares    = "FLOCK_SPARES"     // how many spare sockets follow fd 4
+	envSingle    = "FLOCK_SINGLE"     // 1: Options.Single
 )
 
 // Exit status of a worker whose Init failed or that could not start serving.
@@ -296,8 +312,11 @@ func Serve(h http.Handler, o Options) error {
 	if err != nil {
 		return err
 	}
-	if IsWorker() {
+	switch {
+	case IsWorker():
 		return runWorker(h, c)
+	case c.Single:
+		return runSingle(h, c)
 	}
 	return runMaster(c)
 }

@@ -37,6 +37,7 @@ type appSpec struct {
 	Restart  time.Duration
 	Budget   int
 	PIDFile  string
+	PIDDir   string
 	TLSCert  string
 	TLSKey   string
 	User     string
@@ -76,7 +77,7 @@ func runTestApp(js string) int {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	o := Options{
 		Addr: s.Addr, Workers: s.Workers, ShutdownTimeout: s.Shutdown, DrainDelay: s.Drain,
-		RestartDelay: s.Restart, RestartsPerMinute: s.Budget, PIDFile: s.PIDFile,
+		RestartDelay: s.Restart, RestartsPerMinute: s.Budget, PIDFile: s.PIDFile, PIDDir: s.PIDDir,
 		TLSCertFile: s.TLSCert, TLSKeyFile: s.TLSKey, User: s.User, Logger: log,
 		MonitorAddr: s.Monitor, MonitorProbe: s.Probe, MonitorProbeTimeout: s.ProbeTimeout,
 		AccessKey: s.AccessKey, MonitorReadOnly: s.ReadOnly,
@@ -193,6 +194,7 @@ func TestResolveRejects(t *testing.T) {
 		{Options{RestartsPerMinute: -2}, nil, "RestartsPerMinute -2"},
 		{Options{WorkerGOMAXPROCS: -1}, nil, "WorkerGOMAXPROCS -1"},
 		{Options{MaxConnections: -1}, nil, "MaxConnections -1"},
+		{Options{}, map[string]string{"FLOCK_SINGLE": "yes"}, `FLOCK_SINGLE="yes"`},
 		{Options{TLSCertFile: "cert.pem"}, nil, `TLSCertFile "cert.pem" and TLSKeyFile ""`},
 		{Options{TLSCertFile: "/nonexistent.pem", TLSKeyFile: "/nonexistent.key"}, nil, `TLSCertFile "/nonexistent.pem"`},
 		{Options{User: "no-such-user-here"}, nil, `User "no-such-user-here": no such user`},

@@ -150,6 +150,12 @@ func (m *master) run() error {
 	if m.c.PIDFile != "" {
 		defer removePIDFile(m.c.PIDFile, os.Getpid())
 	}
+	if m.c.PIDDir != "" {
+		if err := m.c.writeOwnPID(); err != nil {
+			return err
+		}
+		defer m.c.removePID("master", os.Getpid())
+	}
 	sigs, stop := notifyMaster()
 	defer stop()
 

@@ -144,6 +144,13 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 	if err := c.resolveIdentity(); err != nil {
 		return nil, err
 	}
+	switch v := getenv(envSingle); v {
+	case "", "0", "false":
+	case "1", "true":
+		c.Single = true
+	default:
+		return nil, fmt.Errorf("flock: %s=%q: must be 1 or 0", envSingle, v)
+	}
 	return c, nil
 }
 

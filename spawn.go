@@ -82,6 +82,7 @@ func (m *master) spawn(s *slot, bin *binary, boot time.Duration) (*worker, error
 		spares: slices.Clone(m.spares), limits: m.newLimits()}
 	w.timer = m.after(boot, func() { m.bootTimedOut(w, boot) })
 	m.workers[p] = w
+	m.c.writePID("worker", p.Pid())
 	return w, nil
 }
 

@@ -3,9 +3,12 @@ package flock
 import (
 	"cmp"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -18,8 +21,41 @@ type Status struct {
 	State   MasterState    `json:"state"`
 	Addr    string         `json:"addr"`
 	Binary  Binary         `json:"binary"` // what new workers start from
+	Build   BuildInfo      `json:"build"`
 	Workers []WorkerStatus `json:"workers"`
 }
+
+// BuildInfo is what the program was built from, as runtime/debug reads it
+// (cluster2's monitor showed the application's dependencies).
+type BuildInfo struct {
+	Path     string `json:"path"`               // the main module
+	Version  string `json:"version"`            // its version: "(devel)" when built from a checkout
+	Go       string `json:"go"`                 // the Go version that built it
+	Revision string `json:"revision,omitempty"` // the VCS revision, when built from a repository
+	Time     string `json:"time,omitempty"`     // the revision's time
+	Modified bool   `json:"modified,omitempty"` // the checkout had uncommitted changes
+}
+
+// build is read once: it never changes while the program runs.
+var build = sync.OnceValue(func() BuildInfo {
+	b := BuildInfo{Go: runtime.Version()}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return b
+	}
+	b.Path, b.Version = bi.Main.Path, bi.Main.Version
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			b.Revision = s.Value
+		case "vcs.time":
+			b.Time = s.Value
+		case "vcs.modified":
+			b.Modified = s.Value == "true"
+		}
+	}
+	return b
+})
 
 // MasterState is where the master is in its life.
 type MasterState string
@@ -92,7 +128,7 @@ func (m *master) publish() {
 func (m *master) status(mon *monitor) Status {
 	s := m.snap.Load()
 	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(),
-		Addr: m.listenAddr(), Binary: s.bin, Workers: make([]WorkerStatus, len(s.workers))}
+		Addr: m.listenAddr(), Binary: s.bin, Build: build(), Workers: make([]WorkerStatus, len(s.workers))}
 	for i, ws := range s.workers {
 		ws.RSS = rss(ws.PID)
 		st.Workers[i] = ws

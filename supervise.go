@@ -110,6 +110,7 @@ func (m *master) heartbeat(w *worker) {
 
 func (m *master) onExit(w *worker, st *os.ProcessState) {
 	delete(m.workers, w.p)
+	m.c.removePID("worker", w.p.Pid())
 	stopTimer(w.timer, w.kill, w.uptime)
 	s := w.slot
 	reason := w.exit

@@ -1,8 +1,6 @@
 package flock
 
 import (
-	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,8 +9,6 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -84,29 +80,9 @@ func runWorker(h http.Handler, c *config) error {
 		lns = append(lns, ln)
 	}
 
-	conns := newConnTracker()
-	var requests atomic.Int64
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			requests.Add(1)
-			h.ServeHTTP(w, r)
-		}),
-		IdleTimeout:       c.IdleTimeout,
-		ReadHeaderTimeout: c.ReadHeaderTimeout,
-		ConnState:         conns.track,
-		ErrorLog:          newLimitedLog(log, slog.LevelWarn, time.Second),
-		TLSConfig:         c.TLSConfig,
-	}
-	served := make(chan error)
-	serve := func(ln net.Listener) {
-		if c.TLSCertFile != "" || c.TLSConfig != nil {
-			served <- srv.ServeTLS(ln, c.TLSCertFile, c.TLSKeyFile)
-		} else {
-			served <- srv.Serve(ln)
-		}
-	}
+	app := newAppServer(h, c, log)
 	for _, ln := range lns {
-		go serve(ln)
+		app.serve(ln)
 	}
 	if _, err := ctrl.Write([]byte("ready\n")); err != nil {
 		log.Warn("flock: cannot reach the master", "err", err)
@@ -121,11 +97,11 @@ func runWorker(h http.Handler, c *config) error {
 	for stop := false; !stop; {
 		select {
 		case <-report.C:
-			if n := requests.Load(); n != reported {
+			if n := app.requests.Load(); n != reported {
 				reported = n
 				fmt.Fprintf(ctrl, "requests %d\n", n)
 			}
-			if n := conns.accepted.Load(); n != reportedConns {
+			if n := app.conns.accepted.Load(); n != reportedConns {
 				reportedConns = n
 				fmt.Fprintf(ctrl, "connections %d\n", n)
 			}
@@ -146,8 +122,7 @@ func runWorker(h http.Handler, c *config) error {
 					break
 				}
 				log.Info("flock: serving a spare socket too")
-				lns = append(lns, ln)
-				go serve(ln)
+				app.serve(ln)
 			}
 		case sig := <-stopSig:
 			if os.Getppid() != masterPID { // Pdeathsig: the master died
@@ -155,12 +130,12 @@ func runWorker(h http.Handler, c *config) error {
 			}
 			log.Info("flock: worker stopping on signal", "signal", signalName(sig))
 			stop = true
-		case err := <-served:
+		case err := <-app.served:
 			log.Error("flock: worker stopped serving", "err", err)
 			return fmt.Errorf("flock: serve: %w", err)
 		}
 	}
-	drain(srv, lns, served, conns, budget)
+	app.drain(budget)
 	return nil
 }
 
@@ -189,101 +164,6 @@ func bootInit(init func() error, fromMaster <-chan ctrlMsg, stopSig <-chan os.Si
 			os.Exit(0)
 		}
 	}
-}
-
-// drain stops srv without losing a request on a connection already
-// accepted. http.Server.Shutdown alone drops a request read just after the
-// shutdown began (conn.serve checks shuttingDown after reading), so first:
-// stop accepting, turn keep-alives off (which also closes idle
-// connections), and wait until every tracked connection has closed; only
-// then Shutdown, which has nothing left to drop.
-func drain(srv *http.Server, lns []net.Listener, served <-chan error, conns *connTracker, budget time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), budget)
-	defer cancel()
-	for _, ln := range lns {
-		ln.Close()
-	}
-	// Serve counts a connection (StateNew) only after Accept has returned
-	// it. Once every Serve has returned, nothing accepted escapes the count
-	// below; before, a connection accepted just as the listener closed could
-	// be closed by Shutdown unanswered.
-	for range lns {
-		select {
-		case <-served:
-		case <-ctx.Done():
-			srv.Close()
-			return
-		}
-	}
-	srv.SetKeepAlivesEnabled(false) // also closes idle connections
-	// Again every second: a connection that has sent nothing for 5 s only
-	// counts as idle from then on.
-	recheck := time.NewTicker(time.Second)
-	defer recheck.Stop()
-	for {
-		select {
-		case <-conns.empty():
-			srv.Shutdown(ctx)
-			return
-		case <-recheck.C:
-			srv.SetKeepAlivesEnabled(false)
-		case <-ctx.Done():
-			srv.Close()
-			return
-		}
-	}
-}
-
-// connTracker follows the HTTP/1 connections a drain must wait for.
-// Hijacked connections are the handler's business; HTTP/2 connections are
-// drained by Shutdown's GOAWAY, which loses nothing.
-type connTracker struct {
-	accepted atomic.Int64 // every connection ever, for MaxConnections
-
-	mu   sync.Mutex
-	open map[net.Conn]struct{}
-	none chan struct{} // closed while open is empty
-}
-
-func newConnTracker() *connTracker {
-	t := &connTracker{open: map[net.Conn]struct{}{}, none: make(chan struct{})}
-	close(t.none)
-	return t
-}
-
-func (t *connTracker) track(c net.Conn, s http.ConnState) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	switch s {
-	case http.StateNew:
-		t.accepted.Add(1)
-		if len(t.open) == 0 {
-			t.none = make(chan struct{})
-		}
-		t.open[c] = struct{}{}
-	case http.StateActive:
-		if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
-			t.forget(c)
-		}
-	case http.StateClosed, http.StateHijacked:
-		t.forget(c)
-	}
-}
-
-func (t *connTracker) forget(c net.Conn) {
-	if _, ok := t.open[c]; ok {
-		delete(t.open, c)
-		if len(t.open) == 0 {
-			close(t.none)
-		}
-	}
-}
-
-// empty is closed once no tracked connection is open (until one opens).
-func (t *connTracker) empty() <-chan struct{} {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.none
 }
 
 // backlog is the listen backlog: the kernel's maximum, as net.Listen uses.

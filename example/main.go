@@ -37,6 +37,8 @@ func main() {
 	flag.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close idle keep-alive connections after (default 30s)")
 	flag.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", 0, "bound on reading request headers (default 10s)")
 	flag.StringVar(&o.PIDFile, "pidfile", "", "write the master's pid here")
+	flag.StringVar(&o.PIDDir, "pid-dir", "", "write master.PID.pid and worker.PID.pid files here")
+	flag.BoolVar(&o.Single, "single", false, "serve in this one process: no master, no workers (or FLOCK_SINGLE=1)")
 	flag.StringVar(&o.TLSCertFile, "tls-cert", "", "serve HTTPS with this certificate file")
 	flag.StringVar(&o.TLSKeyFile, "tls-key", "", "and this key file")
 	flag.DurationVar(&o.BootTimeout, "boot-timeout", 0, "a worker not ready within this is killed (default 60s)")
