@@ -82,8 +82,10 @@
 // shutdown.go, roll.go (readiness-gated replacement), recycle.go,
 // sockets.go (slot sockets and spares), resources.go (the descriptor
 // budget), upgrade.go (USR2), events.go, status.go, control.go (the
-// Controller), ecv.go (the monitor), signals.go, ratelimit.go, worker.go
-// (the worker side), options.go (defaults and validation).
+// Controller), ecv.go (the monitor), signals.go, ratelimit.go, pidfile.go,
+// sdnotify.go, worker.go (the worker side), server.go (the HTTP server and
+// its lossless drain), single.go (Options.Single), options.go (defaults
+// and validation).
 //
 // # Platforms
 //
