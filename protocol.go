@@ -24,8 +24,9 @@ import (
 //
 // Master to worker, one line each: "stop" (drain and exit), "ping" (answer
 // "alive"), "spare" with a socket attached (SCM_RIGHTS: accept on it too).
-// Worker to master: "ready", "alive", "requests N", "connections N" (totals
-// so far, at most once a second, only when they changed). Unknown lines
+// Worker to master: "ready", "alive", and at most once a second while it
+// serves: "requests N", "connections N" (totals so far), "open N"
+// (connections open now), "heap TOTAL USED" (bytes). Unknown lines
 // are ignored, so that a master and a worker of different versions (during
 // a HUP onto a new release) still work together.
 
@@ -122,15 +123,11 @@ func (p *flockProc) read(s launchSpec, done chan<- struct{}) {
 			e.kind = procReady
 		case "alive":
 			e.kind = procAlive
-		case "requests", "connections":
-			n, _ := strconv.ParseInt(arg, 10, 64)
-			if verb == "requests" {
-				c.Requests = n
-			} else {
-				c.Connections = n
-			}
-			e.kind, e.counts = procCounts, c
 		default:
+			if c.set(verb, arg) {
+				e.kind, e.counts = procCounts, c
+				break
+			}
 			if !warned { // once per worker
 				warned = true
 				p.log.Warn("flock: unknown message from worker", "message", sc.Text())

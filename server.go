@@ -103,6 +103,7 @@ func (a *appServer) drain(budget time.Duration) {
 // drained by Shutdown's GOAWAY, which loses nothing.
 type connTracker struct {
 	accepted atomic.Int64 // every connection ever, for MaxConnections
+	live     atomic.Int64 // open now (a hijacked one leaves the count when hijacked)
 
 	mu   sync.Mutex
 	open map[net.Conn]struct{}
@@ -121,6 +122,7 @@ func (t *connTracker) track(c net.Conn, s http.ConnState) {
 	switch s {
 	case http.StateNew:
 		t.accepted.Add(1)
+		t.live.Add(1)
 		if len(t.open) == 0 {
 			t.none = make(chan struct{})
 		}
@@ -130,6 +132,7 @@ func (t *connTracker) track(c net.Conn, s http.ConnState) {
 			t.forget(c)
 		}
 	case http.StateClosed, http.StateHijacked:
+		t.live.Add(-1)
 		t.forget(c)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -52,13 +51,4 @@ func TestSingleProcessInterrupt(t *testing.T) {
 	a.WaitFor("the request", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "sleeping" })
 	a.Signal(syscall.SIGINT)
 	assert.Equal(t, 130, a.ExitCode(5*time.Second))
-}
-
-// The monitor's status page says what the program was built from.
-func TestStatusBuild(t *testing.T) {
-	a := startApp(t, appSpec{Workers: 1})
-	a.Started(1)
-	st := status(a)
-	assert.Equal(t, runtime.Version(), st.Build.Go)
-	assert.NotEmpty(t, st.Build.Path, "the main module")
 }

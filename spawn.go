@@ -58,10 +58,38 @@ const (
 	procExited                      // it is gone; nothing follows
 )
 
-// counts is what a worker reports having served since it started.
+// counts is what a worker last reported: what it served since it
+// started, and its heap (the Go runtime's, as node-cluster-service shows
+// V8's).
 type counts struct {
 	Requests    int64
 	Connections int64 // accepted
+	Open        int64 // connections open now
+	HeapTotal   int64 // heap memory the runtime holds, in bytes
+	HeapUsed    int64 // of which live objects
+}
+
+// set reads one report line ("requests N", "connections N", "open N",
+// "heap TOTAL USED") into c, and reports whether it was one.
+func (c *counts) set(verb, arg string) bool {
+	var v [2]int64
+	f := strings.Fields(arg)
+	for i := range min(len(f), 2) {
+		v[i], _ = strconv.ParseInt(f[i], 10, 64)
+	}
+	switch verb {
+	case "requests":
+		c.Requests = v[0]
+	case "connections":
+		c.Connections = v[0]
+	case "open":
+		c.Open = v[0]
+	case "heap":
+		c.HeapTotal, c.HeapUsed = v[0], v[1]
+	default:
+		return false
+	}
+	return true
 }
 
 // spawn starts a worker for slot s from bin. It boots until it says it is

@@ -95,6 +95,7 @@ type worker struct {
 	lastSeen time.Time // last message from the process
 	pinged   time.Time // when the master last asked for a sign of life
 	counts   counts    // as last reported
+	rates    rates     // of requests and connections, smoothed
 	limits   limits    // its recycling thresholds, jitter included
 	rss      int64     // resident memory, when MaxMemory is checked
 

@@ -2,6 +2,7 @@ package flock
 
 import (
 	"cmp"
+	"math"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -67,16 +68,52 @@ const (
 	MasterStopping MasterState = "stopping" // workers told to stop; waiting for their exits
 )
 
-// WorkerStatus describes one worker.
+// WorkerStatus describes one worker. The counts are as the worker last
+// reported them: every second at most, while it serves.
 type WorkerStatus struct {
-	PID      int         `json:"pid"`
-	Slot     int         `json:"slot"`
-	State    WorkerState `json:"state"`
-	Started  time.Time   `json:"started"`
-	Requests int64       `json:"requests"` // served, as last reported (every second at most)
-	RSS      int64       `json:"rss"`      // resident memory in bytes, read from /proc when asked
-	Binary   Binary      `json:"binary"`   // what it runs
+	PID     int         `json:"pid"`
+	ID      int         `json:"id"` // fork order from 1, as node-cluster-service numbers workers
+	Slot    int         `json:"slot"`
+	State   WorkerState `json:"state"`
+	Started time.Time   `json:"started"`
+	Binary  Binary      `json:"binary"` // what it runs
+
+	Requests        int64   `json:"requests"`        // served since it started
+	Connections     int64   `json:"connections"`     // accepted since it started
+	ConnectionsOpen int64   `json:"connectionsOpen"` // open now
+	AvgRequests     float64 `json:"avgRequests"`     // per second, smoothed as node-cluster-service does
+	AvgConnections  float64 `json:"avgConnections"`  // per second, likewise
+	RSS             int64   `json:"rss"`             // resident memory in bytes, read from /proc when asked
+	HeapTotal       int64   `json:"heapTotal"`       // Go heap held by the runtime, in bytes
+	HeapUsed        int64   `json:"heapUsed"`        // of which live objects
 }
+
+// rates are node-cluster-service's smoothed per-second rates: each
+// second, avg = (the second's count + 2·avg) / 3. A worker reports at most
+// once a second and only while it serves: its silent seconds count as 0.
+type rates struct {
+	requests, conns float64 // as of at
+	last            counts
+	at              time.Time
+}
+
+func (r *rates) update(c counts, now time.Time) {
+	if !r.at.IsZero() {
+		silent := max(0, math.Round(now.Sub(r.at).Seconds())-1)
+		r.requests = (float64(c.Requests-r.last.Requests) + 2*decay(r.requests, silent)) / 3
+		r.conns = (float64(c.Connections-r.last.Connections) + 2*decay(r.conns, silent)) / 3
+	}
+	r.last, r.at = c, now
+}
+
+// now is what the averages are after the silent seconds since the last
+// report.
+func (r rates) now(now time.Time) (requests, conns float64) {
+	silent := math.Floor(now.Sub(r.at).Seconds())
+	return decay(r.requests, silent), decay(r.conns, silent)
+}
+
+func decay(avg, seconds float64) float64 { return avg * math.Pow(2.0/3, seconds) }
 
 // WorkerState is a worker's state as Status shows it.
 type WorkerState string
@@ -95,7 +132,14 @@ type snapshot struct {
 	disabled bool
 	bin      Binary
 	ready    int // slots whose worker is ready
-	workers  []WorkerStatus
+	workers  []workerSnap
+}
+
+// workerSnap is a worker's status without what is read when asked: RSS,
+// and the averages, which decay while the worker is silent.
+type workerSnap struct {
+	WorkerStatus
+	rates rates
 }
 
 func (s masterState) public() MasterState {
@@ -115,10 +159,11 @@ func (m *master) publish() {
 		case workerStopping, workerKilled:
 			st = WorkerStopping
 		}
-		s.workers = append(s.workers, WorkerStatus{PID: w.p.Pid(), Slot: w.slot.id, State: st, Started: w.started,
-			Requests: w.counts.Requests, Binary: w.bin.public()})
+		s.workers = append(s.workers, workerSnap{WorkerStatus{PID: w.p.Pid(), ID: w.seq, Slot: w.slot.id, State: st,
+			Started: w.started, Binary: w.bin.public(), Requests: w.counts.Requests, Connections: w.counts.Connections,
+			ConnectionsOpen: w.counts.Open, HeapTotal: w.counts.HeapTotal, HeapUsed: w.counts.HeapUsed}, w.rates})
 	}
-	slices.SortFunc(s.workers, func(a, b WorkerStatus) int { return cmp.Or(a.Slot-b.Slot, a.Started.Compare(b.Started)) })
+	slices.SortFunc(s.workers, func(a, b workerSnap) int { return cmp.Or(a.Slot-b.Slot, a.Started.Compare(b.Started)) })
 	m.snap.Store(s)
 }
 
@@ -129,9 +174,11 @@ func (m *master) status(mon *monitor) Status {
 	s := m.snap.Load()
 	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(),
 		Addr: m.listenAddr(), Binary: s.bin, Build: build(), Workers: make([]WorkerStatus, len(s.workers))}
+	now := time.Now()
 	for i, ws := range s.workers {
 		ws.RSS = rss(ws.PID)
-		st.Workers[i] = ws
+		ws.AvgRequests, ws.AvgConnections = ws.rates.now(now)
+		st.Workers[i] = ws.WorkerStatus
 	}
 	return st
 }

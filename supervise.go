@@ -25,6 +25,7 @@ func (m *master) onProc(e procEvent) {
 		m.onReady(w)
 	case procCounts:
 		w.counts = e.counts
+		w.rates.update(e.counts, w.lastSeen)
 		m.checkRecycle(w)
 	}
 }

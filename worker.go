@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"time"
@@ -88,22 +89,20 @@ func runWorker(h http.Handler, c *config) error {
 		log.Warn("flock: cannot reach the master", "err", err)
 	}
 
-	// The master shows how many requests each worker served (and recycles
-	// on counts); tell it at most once a second, and not at all while idle.
+	// The master shows what each worker served (and recycles on counts);
+	// tell it at most once a second, and not at all while idle.
 	report := time.NewTicker(time.Second)
 	defer report.Stop()
-	var reported, reportedConns int64
+	var reported [3]int64
 	budget := c.ShutdownTimeout
 	for stop := false; !stop; {
 		select {
 		case <-report.C:
-			if n := app.requests.Load(); n != reported {
-				reported = n
-				fmt.Fprintf(ctrl, "requests %d\n", n)
-			}
-			if n := app.conns.accepted.Load(); n != reportedConns {
-				reportedConns = n
-				fmt.Fprintf(ctrl, "connections %d\n", n)
+			now := [3]int64{app.requests.Load(), app.conns.accepted.Load(), app.conns.live.Load()}
+			if now != reported {
+				reported = now
+				total, used := heap()
+				fmt.Fprintf(ctrl, "requests %d\nconnections %d\nopen %d\nheap %d %d\n", now[0], now[1], now[2], total, used)
 			}
 		case msg, ok := <-fromMaster:
 			switch {
@@ -164,6 +163,29 @@ func bootInit(init func() error, fromMaster <-chan ctrlMsg, stopSig <-chan os.Si
 			os.Exit(0)
 		}
 	}
+}
+
+// heap is the Go heap the runtime holds (live objects, free and unused
+// spans not returned to the OS) and the part live objects use: what
+// node-cluster-service reports as V8's heapTotal and heapUsed. Read from
+// runtime/metrics, which does not stop the world.
+func heap() (total, used int64) {
+	s := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+	}
+	metrics.Read(s)
+	for i, m := range s {
+		if m.Value.Kind() == metrics.KindUint64 {
+			v := int64(m.Value.Uint64())
+			total += v
+			if i == 0 {
+				used = v
+			}
+		}
+	}
+	return total, used
 }
 
 // backlog is the listen backlog: the kernel's maximum, as net.Listen uses.
