@@ -85,25 +85,29 @@ func runWorker(h http.Handler, c *config) error {
 	for _, ln := range lns {
 		app.serve(ln)
 	}
+	// The master shows what each worker served (and recycles on counts):
+	// tell it with "ready", then at most once a second, and not at all
+	// while idle.
+	var reported [3]int64
+	report := func(force bool) {
+		now := [3]int64{app.requests.Load(), app.conns.accepted.Load(), app.conns.live.Load()}
+		if now != reported || force {
+			reported = now
+			total, used := heap()
+			fmt.Fprintf(ctrl, "requests %d\nconnections %d\nopen %d\nheap %d %d\n", now[0], now[1], now[2], total, used)
+		}
+	}
 	if _, err := ctrl.Write([]byte("ready\n")); err != nil {
 		log.Warn("flock: cannot reach the master", "err", err)
 	}
-
-	// The master shows what each worker served (and recycles on counts);
-	// tell it at most once a second, and not at all while idle.
-	report := time.NewTicker(time.Second)
-	defer report.Stop()
-	var reported [3]int64
+	report(true)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	budget := c.ShutdownTimeout
 	for stop := false; !stop; {
 		select {
-		case <-report.C:
-			now := [3]int64{app.requests.Load(), app.conns.accepted.Load(), app.conns.live.Load()}
-			if now != reported {
-				reported = now
-				total, used := heap()
-				fmt.Fprintf(ctrl, "requests %d\nconnections %d\nopen %d\nheap %d %d\n", now[0], now[1], now[2], total, used)
-			}
+		case <-tick.C:
+			report(false)
 		case msg, ok := <-fromMaster:
 			switch {
 			case !ok:

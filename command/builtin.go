@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
-	"strings"
 	"time"
 
 	"github.com/flockhq/flock"
@@ -14,37 +12,32 @@ import (
 
 // builtins are node-cluster-service's commands, over flock's Controller.
 func builtins(s *surface) []Command {
+	timeout := Arg{"* timeout", "Milliseconds: how long a new worker may take to become ready (restart, upgrade) or a worker to drain (shutdown) before it is killed. Default: BootTimeout, ShutdownTimeout."}
+	target := func(verb string) Arg {
+		return Arg{"all|pid", "Required. 'all' for every worker, otherwise the pid of the worker to " + verb + "."}
+	}
+	options := Arg{"options", "An object of options."}
 	return []Command{
-		{Name: "help", Usage: "[cmd]", Help: "list the commands, or describe one", Run: s.help},
-		{Name: "health", Help: `"OK" when at least one worker is ready`, Run: health},
-		{Name: "version", Help: "versions of flock, the application and Go", Run: s.version},
-		{Name: "info", Help: "the master: pid, start, uptime, state, ECV, workers, the binary new workers start from", Run: info},
-		{Name: "workers", Help: "every worker: pid, slot, state, start, uptime, requests served, RSS, binary", Run: workers},
-		{Name: "start", Usage: "[count]", Help: "start more workers (default 1)", Run: start},
-		{Name: "restart", Usage: `all|pid [{"timeout":ms}]`, Help: "replace workers, each new one ready before its old one drains; stops at the first that is not ready within timeout, leaving the rest serving", Run: restart},
-		{Name: "upgrade", Usage: `all|pid [path] [{"timeout":ms}]`, Help: "restart workers from the executable at path (default: the one on disk now)", Run: upgrade},
-		{Name: "shutdown", Usage: `all|pid [{"timeout":ms}]`, Help: "drain and stop the whole service, or one worker; what runs after timeout is killed", Level: Local, Run: shutdown},
-		{Name: "exit", Usage: "now", Help: "stop at once: kill every worker", Level: Local, Run: exit},
+		{Name: "help", Usage: "[command_name]", Help: "List the commands, or describe one.",
+			Args: []Arg{{"command_name", "Optional if you want extended help"}}, Run: s.help},
+		{Name: "health", Help: `Returns "OK" when at least one worker is ready.`, Run: health},
+		{Name: "version", Usage: "[details]", Help: "The application's version (flock's when it sets none).",
+			Args: []Arg{{"details", "Also flock's and Go's versions, and what the program was built from."}}, Run: s.version},
+		{Name: "info", Help: "Returns summary of process & workers.", Run: info},
+		{Name: "workers", Usage: "[simple|details]", Help: "Returns list of active worker processes.",
+			Args: []Arg{{"simple|details", "Defaults to 'simple'."}, {"* simple", "Simple overview of running workers."},
+				{"* details", "Full details of every worker, draining ones included."}}, Run: workers},
+		{Name: "start", Usage: "[count]", Help: "Start more workers of this program, one more slot each.",
+			Args: []Arg{{"count", "The number of workers to start, 1 if not given."}}, Run: start},
+		{Name: "restart", Usage: `all|pid [{"timeout":ms}]`, Help: "Gracefully restart workers, each new one ready before its old one drains; stops at the first that is not ready within timeout, leaving the rest serving.",
+			Args: []Arg{target("restart"), options, timeout}, Run: restart},
+		{Name: "upgrade", Usage: `all|pid [path] [{"timeout":ms}]`, Help: "Gracefully restart workers from the executable at path (default: the one on disk now).",
+			Args: []Arg{target("upgrade"), {"path", "The executable of the new workers; default: the file now at the program's path."}, options, timeout}, Run: upgrade},
+		{Name: "shutdown", Usage: `all|pid [{"timeout":ms}]`, Help: "Gracefully shutdown service, or one worker; what still runs after timeout is killed.",
+			Args: []Arg{target("shutdown"), options, timeout}, Level: Local, Run: shutdown},
+		{Name: "exit", Usage: "now", Help: "Forcefully exits the service: kills every worker.",
+			Args: []Arg{{"now", "Required. 'now' to force exit."}}, Level: Local, Run: exit},
 	}
-}
-
-func (s *surface) help(_ context.Context, _ *flock.Controller, args []any) (any, error) {
-	if len(args) > 1 {
-		return nil, errUsage
-	}
-	if len(args) == 1 {
-		c := s.cmds[fmt.Sprint(args[0])]
-		if c == nil {
-			return nil, fmt.Errorf("no command %q; try help", fmt.Sprint(args[0]))
-		}
-		return fmt.Sprintf("%s %s\n%s (level: %s)", c.Name, c.Usage, c.Help, c.Level), nil
-	}
-	all := map[string]string{}
-	for _, name := range s.names() {
-		c := s.cmds[name]
-		all[name] = strings.TrimSpace(c.Name+" "+c.Usage) + ": " + c.Help
-	}
-	return all, nil
 }
 
 func health(_ context.Context, c *flock.Controller, args []any) (any, error) {
@@ -54,33 +47,6 @@ func health(_ context.Context, c *flock.Controller, args []any) (any, error) {
 		}
 	}
 	return nil, errors.New("no worker is ready")
-}
-
-func (s *surface) version(_ context.Context, _ *flock.Controller, args []any) (any, error) {
-	return map[string]string{"flock": flock.Version, "app": s.o.Version, "go": runtime.Version()}, nil
-}
-
-func info(_ context.Context, c *flock.Controller, args []any) (any, error) {
-	st := c.Status()
-	return map[string]any{
-		"pid": st.PID, "started": st.Started, "uptime": time.Since(st.Started).Round(time.Second).String(),
-		"state": st.State, "ecv": st.ECV, "addr": st.Addr, "workers": len(st.Workers),
-		"executable": st.Binary.Path, "binary": st.Binary, "go": runtime.Version(),
-	}, nil
-}
-
-// workerInfo is a worker as `workers` shows it.
-type workerInfo struct {
-	flock.WorkerStatus
-	Uptime string `json:"uptime"`
-}
-
-func workers(_ context.Context, c *flock.Controller, args []any) (any, error) {
-	out := []workerInfo{}
-	for _, w := range c.Status().Workers {
-		out = append(out, workerInfo{w, time.Since(w.Started).Round(time.Second).String()})
-	}
-	return out, nil
 }
 
 func start(_ context.Context, c *flock.Controller, args []any) (any, error) {
@@ -161,12 +127,12 @@ func shutdown(_ context.Context, c *flock.Controller, args []any) (any, error) {
 		if err := c.Shutdown(timeout); err != nil {
 			return nil, err
 		}
-		return "shutting down", nil
+		return "Shutting down...", nil
 	}
 	if err := c.StopWorkers(pids, timeout); err != nil {
 		return nil, err
 	}
-	return count(len(pids)) + " shut down", nil
+	return "Worker shutdown", nil
 }
 
 func exit(_ context.Context, c *flock.Controller, args []any) (any, error) {
@@ -176,7 +142,7 @@ func exit(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	if err := c.Exit(); err != nil {
 		return nil, err
 	}
-	return "exiting", nil
+	return "Exiting now.", nil
 }
 
 // errUsage: the arguments are wrong; the answer shows the command's usage

@@ -20,10 +20,19 @@
 //
 //	200  the command's result as JSON (Content-Type: text/json; charset=UTF-8)
 //	400  the command failed or its arguments are wrong: the message, with usage
+//	     (errors are the bare message: no trailing newline, no Content-Type)
 //	401  "Not authorized" (bad or missing key), or
 //	     "Not authorized to execute '<cmd>' remotely" (access level too low)
 //	404  "Page Not Found" (another path); "Not found. Try /help" (unknown command)
 //	405  "Method Not Allowed" (not POST, unless Options.AllowGET)
+//
+// # Compatibility
+//
+// help, health, version, info and workers answer in node-cluster-service
+// 2.1.4's shapes, with flock's fields beside its own, so that its cservice
+// CLI and the scripts written for it work unchanged (info →
+// .workers.active, workers → .workers[].pid); the package's tests drive
+// the real cservice.
 //
 // # Levels
 //
@@ -47,6 +56,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -80,12 +90,19 @@ type Command struct {
 	Name  string
 	Usage string // the arguments, as in "all|pid [{\"timeout\":ms}]"
 	Help  string
+	Args  []Arg // what `help <name>` says of each argument, in order
 	Level Level
 	// Run executes the command with the parsed arguments that follow its
 	// name: strings, float64 numbers, and decoded JSON objects and arrays.
 	// Its result is answered as JSON; an error is a 400 with its message.
 	// A nil Run disables the command (see Options.Commands).
 	Run func(ctx context.Context, c *flock.Controller, args []any) (any, error)
+}
+
+// Arg documents one argument of a command, as node-cluster-service's
+// `help <command>` does: Name as it is typed, Help what it means.
+type Arg struct {
+	Name, Help string
 }
 
 // Options configure the surface. The zero value serves the built-in
@@ -221,16 +238,16 @@ func (s *surface) worker(kind, reason string, e flock.Event) {
 
 func (s *surface) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != "/cli" {
-		http.Error(w, "Page Not Found", http.StatusNotFound)
+		reply(w, http.StatusNotFound, "Page Not Found")
 		return
 	}
 	if r.Method != http.MethodPost && !(s.o.AllowGET && r.Method == http.MethodGet) {
-		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		reply(w, http.StatusMethodNotAllowed, "Method Not Allowed")
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	if err := r.ParseForm(); err != nil {
-		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		reply(w, http.StatusBadRequest, "bad request: "+err.Error())
 		return
 	}
 	key := r.Form.Get("accessKey")
@@ -238,7 +255,7 @@ func (s *surface) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		key = bearer
 	}
 	if subtle.ConstantTimeCompare([]byte(key), []byte(s.key)) != 1 {
-		http.Error(w, "Not authorized", http.StatusUnauthorized)
+		reply(w, http.StatusUnauthorized, "Not authorized")
 		return
 	}
 	level := Remote
@@ -249,11 +266,19 @@ func (s *surface) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	code, body := s.run(r.Context(), r.Form.Get("cmd"), level)
 	if code != http.StatusOK {
-		http.Error(w, body, code)
+		reply(w, code, body)
 		return
 	}
 	w.Header().Set("Content-Type", "text/json; charset=UTF-8")
 	w.Write([]byte(body))
+}
+
+// reply answers an error as node-cluster-service does: the bare message,
+// no trailing newline, no Content-Type (cservice prints the body as is).
+func reply(w http.ResponseWriter, code int, msg string) {
+	w.Header()["Content-Type"] = nil // and no sniffing either
+	w.WriteHeader(code)
+	io.WriteString(w, msg)
 }
 
 // run executes a command line for a caller at level and returns the HTTP

@@ -210,23 +210,26 @@ func TestCommands(t *testing.T) {
 	assert.Equal(t, `"hello world"`, ok("greet world"), "a custom command")
 	assert.Equal(t, `"custom version"`, ok("version"), "an overridden built-in")
 
-	var help map[string]string
+	var help struct {
+		More     string
+		Commands []string
+	}
 	require.NoError(t, json.Unmarshal([]byte(ok("help")), &help))
-	assert.Contains(t, help, "greet")
-	assert.NotContains(t, help, "start", "disabled")
+	assert.Contains(t, help.Commands, "greet")
+	assert.NotContains(t, help.Commands, "start", "disabled")
 	assert.Contains(t, ok("help restart"), `restart all|pid [{\"timeout\":ms}]`)
 
 	var info map[string]any
 	require.NoError(t, json.Unmarshal([]byte(ok("info")), &info))
 	assert.Equal(t, float64(a.PID), info["pid"])
 	assert.Equal(t, "AVAILABLE", info["ecv"])
-	assert.Equal(t, 2.0, info["workers"])
+	assert.Equal(t, map[string]any{"active": 2.0}, info["workers"])
 
-	var ws []map[string]any
+	var ws struct{ Workers []map[string]any }
 	require.NoError(t, json.Unmarshal([]byte(ok("workers")), &ws))
-	require.Len(t, ws, 2)
-	for _, w := range ws {
-		for _, k := range []string{"pid", "slot", "state", "started", "uptime", "requests", "rss"} {
+	require.Len(t, ws.Workers, 2)
+	for _, w := range ws.Workers {
+		for _, k := range []string{"id", "pid", "state", "worker", "cwd", "process", "slot", "started", "binary"} {
 			assert.Contains(t, w, k)
 		}
 		assert.Contains(t, first, int(w["pid"].(float64)))
@@ -242,17 +245,17 @@ func TestCommands(t *testing.T) {
 		a.WaitUntil(fmt.Sprintf("%d ready workers alone", n), 10*time.Second, func() bool {
 			pids = nil
 			require.NoError(t, json.Unmarshal([]byte(ok("workers")), &ws))
-			for _, w := range ws {
-				if w["state"] == "ready" {
+			for _, w := range ws.Workers {
+				if w["state"] == "listening" {
 					pids = append(pids, int(w["pid"].(float64)))
 				}
 			}
-			return len(ws) == n && len(pids) == n
+			return len(ws.Workers) == n && len(pids) == n
 		})
 		return pids
 	}
 	now := readyOnly(2)
-	assert.Equal(t, `"1 worker shut down"`, ok(fmt.Sprintf("shutdown %d", now[0])))
+	assert.Equal(t, `"Worker shutdown"`, ok(fmt.Sprintf("shutdown %d", now[0])))
 	now = readyOnly(1)
 	code, body, _ := a.call(fmt.Sprintf("shutdown %d", now[0]))
 	assert.Equal(t, 400, code)
@@ -268,7 +271,7 @@ func TestCommands(t *testing.T) {
 	assert.Equal(t, 2, events("workerStart", "upgrade"))
 	assert.Equal(t, 1, events("workerExit", "scale"))
 
-	assert.Equal(t, `"exiting"`, ok("exit now"))
+	assert.Equal(t, `"Exiting now."`, ok("exit now"))
 	assert.Equal(t, 130, a.ExitCode(10*time.Second))
 }
 
@@ -276,7 +279,7 @@ func TestShutdownAll(t *testing.T) {
 	a := startApp(t, 2)
 	code, body, _ := a.call(`shutdown all {"timeout":5000}`)
 	assert.Equal(t, 200, code)
-	assert.Equal(t, `"shutting down"`, body)
+	assert.Equal(t, `"Shutting down..."`, body)
 	assert.Equal(t, 0, a.ExitCode(10*time.Second))
 }
 

@@ -49,7 +49,7 @@ func TestFlockctl(t *testing.T) {
 
 	code, out, _ = ctl("-addr", addr, "workers")
 	assert.Equal(t, 0, code)
-	assert.True(t, strings.HasPrefix(out, "[\n  {"), "indented JSON: %s", out)
+	assert.True(t, strings.HasPrefix(out, "{\n  \"workers\": [\n    {"), "indented JSON: %s", out)
 
 	code, _, errOut := ctl("-addr", addr, "restart", "GG")
 	assert.Equal(t, 1, code)
