@@ -24,9 +24,10 @@ import (
 //
 // Master to worker, one line each: "stop" (drain and exit), "ping" (answer
 // "alive"), "spare" with a socket attached (SCM_RIGHTS: accept on it too).
-// Worker to master: "ready", "alive", and at most once a second while it
-// serves: "requests N", "connections N" (totals so far), "open N"
-// (connections open now), "heap TOTAL USED" (bytes). Unknown lines
+// Worker to master: "ready", "alive", and at once when ready, then at most
+// once a second while it serves, a report: "requests N", "connections N"
+// (totals so far), "open N" (connections open now), "heap TOTAL USED"
+// (bytes), in that order, "heap" last. Unknown lines
 // are ignored, so that a master and a worker of different versions (during
 // a HUP onto a new release) still work together.
 
@@ -113,7 +114,10 @@ func (p *flockProc) TakeSpare(f *os.File) error {
 func (p *flockProc) read(s launchSpec, done chan<- struct{}) {
 	defer close(done)
 	var c counts
-	warned := false
+	// A report is a block of lines ending with "heap": one event for the
+	// block, so that a rate sees one update a second. A worker that never
+	// sends "heap" (an older flock) gets an event per line.
+	warned, blocks := false, false
 	sc := bufio.NewScanner(p.ctrl)
 	for sc.Scan() {
 		verb, arg, _ := strings.Cut(sc.Text(), " ")
@@ -125,6 +129,10 @@ func (p *flockProc) read(s launchSpec, done chan<- struct{}) {
 			e.kind = procAlive
 		default:
 			if c.set(verb, arg) {
+				blocks = blocks || verb == "heap"
+				if blocks && verb != "heap" {
+					continue // the rest of the block follows
+				}
 				e.kind, e.counts = procCounts, c
 				break
 			}

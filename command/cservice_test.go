@@ -140,7 +140,9 @@ func TestCserviceCompatibility(t *testing.T) {
 			assert.Positive(t, *w.Process.Memory.RSS)
 			assert.Positive(t, *w.Process.Memory.HeapTotal, "the Go heap, reported at start")
 			assert.Positive(t, w.Process.Uptime)
-			assert.NotNil(t, w.Process.Net.Requests)
+			require.NotNil(t, w.Process.Net.Requests)
+			// One request per connection here: one report, one update of both.
+			assert.Equal(t, *w.Process.Net.AvgRequests, *w.Process.Net.AvgConnections)
 		}
 	}
 
