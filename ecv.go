@@ -65,10 +65,10 @@ func startMonitor(m *master, inh *inherited) (*monitor, error) {
 		ln.Close()
 		return nil, fmt.Errorf("flock: monitor: %v", err)
 	}
-	mon := &monitor{m: m, ln: ln, f: f, ip: nodeIP(), port: strconv.Itoa(m.port)}
+	mon := &monitor{m: m, ln: ln, f: f, ip: nodeIP(), port: strconv.Itoa(m.addrs[0].port)}
 	mon.host, _ = os.Hostname()
 	if c.MonitorProbe != "" {
-		mon.probe = newProber(c, m.port)
+		mon.probe = newProber(c, m.addrs[0].port)
 	}
 	mon.srv = &http.Server{Handler: mon, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second,
 		ErrorLog: newLimitedLog(m.log, slog.LevelWarn, time.Second)}

@@ -96,11 +96,9 @@ package flock
 import (
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
-	"runtime"
 	"strconv"
 	"time"
 )
@@ -114,6 +112,11 @@ type Options struct {
 	// the PORT environment variable is set, else ":5000". Port 0 picks a free
 	// port once and every worker shares it.
 	Addr string
+
+	// Listeners are more addresses to listen on, beside Addr: an HTTPS port
+	// beside an HTTP one, a gRPC port, an admin port. Every worker serves
+	// them all (Serve: the handler on each; Run: the Server given to each).
+	Listeners []Listener
 
 	// Workers is the number of worker processes. Default: $WEB_CONCURRENCY
 	// when set, else runtime.NumCPU().
@@ -307,18 +310,5 @@ func WorkerSlot() int {
 // serves h on the inherited socket until the master tells it to stop, then
 // returns nil.
 func Serve(h http.Handler, o Options) error {
-	if runtime.GOOS != "linux" {
-		return fmt.Errorf("flock: %s is not supported (flock needs Linux: SO_REUSEPORT balancing, /proc/self/exe, PR_SET_PDEATHSIG)", runtime.GOOS)
-	}
-	c, err := o.resolve(os.Getenv)
-	if err != nil {
-		return err
-	}
-	switch {
-	case IsWorker():
-		return runWorker(h, c)
-	case c.Single:
-		return runSingle(h, c)
-	}
-	return runMaster(c)
+	return start(o, handlerSetup(h))
 }

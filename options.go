@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/user"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,10 +18,11 @@ import (
 // config is Options with every default filled in and every value checked.
 type config struct {
 	Options
-	host string
-	port int
-	uid  *uint32 // workers' identity, when Options.User is set
-	gid  *uint32
+	host      string // Addr's
+	port      int
+	listeners []Listener // Addr's as MainListener, then Options.Listeners
+	uid       *uint32    // workers' identity, when Options.User is set
+	gid       *uint32
 }
 
 const (
@@ -63,6 +65,9 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 		return nil, fmt.Errorf("flock: Addr %q: %v", addr, err)
 	}
 	c.host, c.Addr = host, addr
+	if err := c.resolveListeners(); err != nil {
+		return nil, err
+	}
 
 	switch {
 	case o.Workers < 0:
@@ -152,6 +157,29 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 		return nil, fmt.Errorf("flock: %s=%q: must be 1 or 0", envSingle, v)
 	}
 	return c, nil
+}
+
+// resolveListeners checks Options.Listeners: named, each name once, each
+// address with a port.
+func (c *config) resolveListeners() error {
+	c.listeners = []Listener{{Name: MainListener, Addr: c.Addr}}
+	for i, l := range c.Options.Listeners {
+		switch {
+		case l.Name == "":
+			return fmt.Errorf("flock: Listeners[%d] (Addr %q): needs a Name", i, l.Addr)
+		case slices.ContainsFunc(c.listeners, func(x Listener) bool { return x.Name == l.Name }):
+			return fmt.Errorf("flock: Listeners[%d]: the name %q is taken (%q is Addr's)", i, l.Name, MainListener)
+		}
+		_, port, err := net.SplitHostPort(l.Addr)
+		if err == nil {
+			_, err = parsePort(port)
+		}
+		if err != nil {
+			return fmt.Errorf("flock: Listeners[%d] %q: Addr %q: %v", i, l.Name, l.Addr, err)
+		}
+		c.listeners = append(c.listeners, l)
+	}
+	return nil
 }
 
 func (c *config) resolveMonitor() error {

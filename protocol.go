@@ -18,12 +18,15 @@ import (
 
 // flock's own kind of worker, both ends: this program started again with
 // FLOCK_WORKER set, talking to the master over a socket pair. The worker's
-// files: fd 3 the slot's socket, fd 4 its end of the control socket (EOF
-// tells either side the other is gone), then the spares, then the binary
-// it was executed from (FLOCK_BINARY_FD; the worker closes it).
+// files: fd 3 the slot's socket of the first listener, fd 4 its end of the
+// control socket (EOF tells either side the other is gone), then the
+// slot's sockets of the other listeners, then the spares (FLOCK_SPARES:
+// the listener of each), then the binary it was executed from
+// (FLOCK_BINARY_FD; the worker closes it).
 //
 // Master to worker, one line each: "stop" (drain and exit), "ping" (answer
-// "alive"), "spare" with a socket attached (SCM_RIGHTS: accept on it too).
+// "alive"), "spare N" with a socket attached (SCM_RIGHTS: accept on it
+// too, for listener N).
 // Worker to master: "ready", "alive", and at once when ready, then at most
 // once a second while it serves, a report: "requests N", "connections N"
 // (totals so far), "open N" (connections open now), "heap TOTAL USED"
@@ -54,12 +57,17 @@ func (l flockLauncher) launch(s launchSpec) (proc, error) {
 	defer theirs.Close()
 
 	files := append([]*os.File{s.socks[0], theirs}, s.socks[1:]...)
+	var spareOf []string
+	for _, sp := range s.spares {
+		files = append(files, sp.f)
+		spareOf = append(spareOf, strconv.Itoa(sp.ln))
+	}
 	files = append(files, s.bin.f)
 	binFD := strconv.Itoa(3 + len(files) - 1)
 	cmd := exec.Command("/proc/self/fd/"+binFD, os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
 	cmd.Env = append(s.env, envWorker+"="+strconv.Itoa(s.slot), envMasterPID+"="+strconv.Itoa(os.Getpid()),
-		envSpares+"="+strconv.Itoa(len(s.socks)-1), envBinaryFD+"="+binFD)
+		envSpares+"="+strings.Join(spareOf, ","), envBinaryFD+"="+binFD)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Credential: s.cred}
@@ -85,8 +93,9 @@ func (p *flockProc) send(line string) {
 	}
 }
 
-// TakeSpare sends the worker a socket to accept on as well, while it runs.
-func (p *flockProc) TakeSpare(f *os.File) error {
+// TakeSpare sends the worker a socket of listener ln to accept on as
+// well, while it runs.
+func (p *flockProc) TakeSpare(f *os.File, ln int) error {
 	rc, err := p.ctrl.SyscallConn()
 	if err != nil {
 		return err
@@ -98,7 +107,7 @@ func (p *flockProc) TakeSpare(f *os.File) error {
 	var serr error
 	cerr := sc.Control(func(sock uintptr) {
 		err = rc.Write(func(fd uintptr) bool {
-			serr = unix.Sendmsg(int(fd), []byte("spare\n"), unix.UnixRights(int(sock)), nil, 0)
+			serr = unix.Sendmsg(int(fd), []byte("spare "+strconv.Itoa(ln)+"\n"), unix.UnixRights(int(sock)), nil, 0)
 			return serr != unix.EAGAIN
 		})
 	})
@@ -170,10 +179,12 @@ func (p *flockProc) wait(s launchSpec, read <-chan struct{}) {
 
 // The worker's end.
 
-// ctrlMsg is a line from the master, with the socket it carried ("spare").
+// ctrlMsg is a line from the master, with the socket it carried ("spare
+// N": a spare of listener N).
 type ctrlMsg struct {
 	line string
 	file *os.File
+	ln   int
 }
 
 // readControl reads the master's lines, and the sockets that come with
@@ -201,7 +212,8 @@ func readControl(c *net.UnixConn, out chan<- ctrlMsg) {
 			}
 			m := ctrlMsg{line: string(pending[:i])}
 			pending = pending[i+1:]
-			if m.line == "spare" && len(fds) > 0 {
+			if verb, arg, _ := strings.Cut(m.line, " "); verb == "spare" && len(fds) > 0 {
+				m.ln, _ = strconv.Atoi(arg)
 				unix.CloseOnExec(fds[0])
 				m.file, fds = os.NewFile(uintptr(fds[0]), "flock-spare"), fds[1:]
 			}

@@ -173,17 +173,17 @@ func (m *master) rollMore() {
 // or, when it has none (waiting to be re-forked, or given up), in its place.
 func (m *master) replace(s *slot, r *roll) error {
 	revive := s.state != slotActive
-	if revive && s.sock == nil { // given up: it needs a socket again
-		f, err := m.bind()
+	if revive && s.socks == nil { // given up: it needs sockets again
+		socks, err := m.bindSlot()
 		if err != nil {
 			return fmt.Errorf("slot %d: %w", s.id, err)
 		}
-		s.sock = f
+		s.socks = socks
 	}
 	w, err := m.spawn(s, r.bin, cmp.Or(r.boot, m.c.BootTimeout))
 	if err != nil {
 		if s.state == slotGaveUp {
-			s.closeSocket()
+			s.closeSockets()
 		}
 		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", r.bin.String(), "err", err)
 		return fmt.Errorf("slot %d: cannot start %s: %w", s.id, r.bin, err)

@@ -12,9 +12,9 @@ import (
 // worker it starts from the roll's binary and the roll waits for it too,
 // so that after a roll every worker runs the same binary.
 func (m *master) addSlot() error {
-	need := fdsToStart + 1 // and its socket, unless it reuses a spare
-	if len(m.spares) > 0 {
-		need--
+	need := fdsToStart + len(m.addrs) - len(m.spares) // and its sockets, but for spares
+	if need < fdsToStart {
+		need = fdsToStart
 	}
 	err := checkFDs("one more worker", need)
 	var s *slot

@@ -3,16 +3,15 @@ package flock
 import (
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 )
 
-// runSingle serves h in this process, with no master and no workers
-// (Options.Single): what a developer runs under a debugger. Serve returns
-// nil after TERM or QUIT (drained), ErrInterrupted after INT.
-func runSingle(h http.Handler, c *config) error {
+// runSingle runs the servers in this process, with no master and no
+// workers (Options.Single): what a developer runs under a debugger. It
+// returns nil after TERM or QUIT (drained), ErrInterrupted after INT.
+func runSingle(setup func(*Worker) error, c *config) error {
 	log := c.Logger.With("pid", os.Getpid(), "mode", "single")
 	signal.Ignore(workerIgnored...)
 	sigs := make(chan os.Signal, 1)
@@ -23,37 +22,60 @@ func runSingle(h http.Handler, c *config) error {
 			return fmt.Errorf("flock: Init: %w", err)
 		}
 	}
-	ln, err := net.Listen("tcp", c.Addr)
-	if err != nil {
-		return fmt.Errorf("flock: listen %s: %w", c.Addr, unwrapOpError(err))
+	w := newWorker(c)
+	if err := setup(w); err != nil {
+		return fmt.Errorf("flock: setup: %w", err)
 	}
+	if name := w.missing(); name != "" {
+		return fmt.Errorf("flock: setup: %w %q", ErrNoServer, name)
+	}
+	var lns []net.Listener
+	closeAll := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	for _, l := range c.listeners {
+		ln, err := net.Listen("tcp", l.Addr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("flock: listen %s: %w", l.Addr, unwrapOpError(err))
+		}
+		lns = append(lns, ln)
+	}
+	ln := lns[0]
 	if c.PIDFile != "" {
 		if err := writePIDFile(c.PIDFile, os.Getpid()); err != nil {
-			ln.Close()
+			closeAll()
 			return fmt.Errorf("flock: PIDFile %q: %v", c.PIDFile, err)
 		}
 		defer removePIDFile(c.PIDFile, os.Getpid())
 	}
 	if c.PIDDir != "" {
 		if err := c.writeOwnPID(); err != nil {
-			ln.Close()
+			closeAll()
 			return err
 		}
 		defer c.removePID("master", os.Getpid())
 	}
-	app := newAppServer(h, c, log)
-	app.serve(ln)
+	v := newServers(len(lns))
+	for i, s := range w.servers {
+		v.set(i, s)
+	}
+	for i, ln := range lns {
+		v.serve(i, ln)
+	}
 	log.Info("flock: listening", "event", "listening", "addr", ln.Addr().String())
 	select {
-	case err := <-app.served:
+	case err := <-v.served:
 		return fmt.Errorf("flock: serve: %w", err)
 	case sig := <-sigs:
 		log.Info("flock: stopping", "event", "shutdown", "reason", signalName(sig))
 		if sig == syscall.SIGINT {
-			app.srv.Close()
+			v.stopAll()
 			return ErrInterrupted
 		}
-		app.drain(c.ShutdownTimeout)
+		v.drain(c.ShutdownTimeout)
 		return nil
 	}
 }

@@ -14,23 +14,42 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sockets is the master's side of the listening sockets: the address every
-// slot binds, and the spares (sockets of removed slots kept open, see
-// retireSocket).
+// sockets is the master's side of the listening sockets: the addresses
+// every slot binds (one socket per listener), and the spares (sockets of
+// removed slots kept open, see retireSocket).
 type sockets struct {
-	ip     net.IP // bound address; nil for all interfaces
-	port   int
-	spares []*os.File
+	addrs  []*bound
+	spares []spare
 }
 
-// bindAll creates the first Workers slots, resolving port 0 once so that
-// every slot shares the same port.
+// bound is one listener's address, as every slot binds it.
+type bound struct {
+	name string
+	host string // as configured, for messages
+	ip   net.IP // nil for all interfaces
+	port int    // set by the first bind when configured as 0
+}
+
+func (b *bound) String() string { return net.JoinHostPort(b.host, strconv.Itoa(b.port)) }
+
+// spare is a removed slot's socket of listener ln.
+type spare struct {
+	f  *os.File
+	ln int
+}
+
+// bindAll creates the first Workers slots, resolving port 0 once per
+// listener so that every slot shares the same port. A busy port on any
+// listener fails before a worker starts.
 func (m *master) bindAll() error {
-	addr, err := net.ResolveTCPAddr("tcp", m.c.Addr)
-	if err != nil {
-		return fmt.Errorf("flock: listen %s: %v", m.c.Addr, err)
+	for _, l := range m.c.listeners {
+		addr, err := net.ResolveTCPAddr("tcp", l.Addr)
+		if err != nil {
+			return fmt.Errorf("flock: listen %s: %v", l.Addr, err)
+		}
+		host, _, _ := net.SplitHostPort(l.Addr)
+		m.addrs = append(m.addrs, &bound{name: l.Name, host: host, ip: addr.IP, port: addr.Port})
 	}
-	m.ip, m.port = addr.IP, addr.Port
 	for range m.c.Workers {
 		if _, err := m.newSlot(); err != nil {
 			m.closeSockets()
@@ -40,70 +59,99 @@ func (m *master) bindAll() error {
 	return nil
 }
 
-// newSlot adds a slot with a socket: a spare if there is one (its queue is
-// then served again), else a new one. It starts idle, from the master's
-// binary.
+// newSlot adds a slot with one socket per listener: a spare if there is
+// one (its queue is then served again), else a new one. It starts idle,
+// from the master's binary.
 func (m *master) newSlot() (*slot, error) {
-	var f *os.File
-	if n := len(m.spares); n > 0 {
-		f, m.spares = m.spares[n-1], m.spares[:n-1]
-	} else {
-		var err error
-		if f, err = m.bind(); err != nil {
+	socks := make([]*os.File, len(m.addrs))
+	for i := range m.addrs {
+		if j := slices.IndexFunc(m.spares, func(sp spare) bool { return sp.ln == i }); j >= 0 {
+			socks[i] = m.spares[j].f
+			m.spares = slices.Delete(m.spares, j, j+1)
+			continue
+		}
+		f, err := m.bind(i)
+		if err != nil {
+			closeFiles(socks)
 			return nil, err
 		}
+		socks[i] = f
 	}
-	s := &slot{id: m.nextSlot, sock: f, bin: m.bin, gone: make(chan struct{})}
+	s := &slot{id: m.nextSlot, socks: socks, bin: m.bin, gone: make(chan struct{})}
 	m.nextSlot++
 	m.slots = append(m.slots, s)
 	return s, nil
 }
 
-func (m *master) bind() (*os.File, error) {
-	f, port, err := bindSocket(m.ip, m.port)
-	if err != nil {
-		return nil, fmt.Errorf("flock: listen %s: %w", net.JoinHostPort(m.c.host, strconv.Itoa(m.port)), err)
+// bindSlot binds a fresh socket for each listener.
+func (m *master) bindSlot() ([]*os.File, error) {
+	socks := make([]*os.File, len(m.addrs))
+	for i := range m.addrs {
+		f, err := m.bind(i)
+		if err != nil {
+			closeFiles(socks)
+			return nil, err
+		}
+		socks[i] = f
 	}
-	if m.port == 0 {
+	return socks, nil
+}
+
+func (m *master) bind(i int) (*os.File, error) {
+	a := m.addrs[i]
+	f, port, err := bindSocket(a.ip, a.port)
+	if err != nil {
+		return nil, fmt.Errorf("flock: listen %s: %w", a, err)
+	}
+	if a.port == 0 {
 		// Set once, by the first bind (port 0 picks it), before any other
 		// goroutine reads it (listenAddr).
-		m.port = port
+		a.port = port
 	}
 	return f, nil
 }
 
-func (m *master) listenAddr() string {
-	return net.JoinHostPort(m.c.host, strconv.Itoa(m.port))
+// listenAddr is the main listener's address (Addr).
+func (m *master) listenAddr() string { return m.addrs[0].String() }
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 func (m *master) closeSockets() {
 	for _, s := range m.slots {
-		s.closeSocket()
+		s.closeSockets()
 	}
-	for _, f := range m.spares {
-		f.Close()
+	for _, sp := range m.spares {
+		sp.f.Close()
 	}
 	m.spares = nil
 }
 
-// retireSocket takes a removed slot's socket out of service. With
-// net.ipv4.tcp_migrate_req=1 closing it loses nothing: the kernel hands
-// what is queued on it to the port's other sockets once the last worker
-// holding it has closed it too. Without, closing would reset those
-// connections, so the master keeps the socket open as a spare, queue and
-// all, and hands it to every running worker, which accepts on it too
-// (workers started later inherit every spare). A later TTIN reuses a
-// spare as its socket.
+// retireSocket takes a removed slot's sockets out of service. With
+// net.ipv4.tcp_migrate_req=1 closing them loses nothing: the kernel hands
+// what is queued on them to the port's other sockets once the last worker
+// holding them has closed them too. Without, closing would reset those
+// connections, so the master keeps the sockets open as spares, queue and
+// all, and hands them to every running worker, which accepts on them too
+// (workers started later inherit every spare). A later TTIN reuses spares
+// as its sockets.
 func (m *master) retireSocket(s *slot) {
-	if s.sock == nil {
+	if s.socks == nil {
 		return
 	}
 	if migrating() {
-		s.closeSocket()
+		s.closeSockets()
 		return
 	}
-	m.spares = append(m.spares, s.sock)
-	s.sock = nil
+	for i, f := range s.socks {
+		m.spares = append(m.spares, spare{f, i})
+	}
+	s.socks = nil
 	m.shareSpares()
 }
 
@@ -111,7 +159,7 @@ func (m *master) retireSocket(s *slot) {
 // A kind that cannot (sockets passed at start only) serves the spares of
 // the workers started after them.
 type spareTaker interface {
-	TakeSpare(f *os.File) error
+	TakeSpare(f *os.File, listener int) error
 }
 
 // shareSpares hands every spare to every running worker that lacks it.
@@ -121,15 +169,15 @@ func (m *master) shareSpares() {
 		if !ok || w.going() {
 			continue
 		}
-		for _, f := range m.spares {
-			if slices.Contains(w.spares, f) {
+		for _, sp := range m.spares {
+			if slices.Contains(w.spares, sp.f) {
 				continue
 			}
-			if err := t.TakeSpare(f); err != nil {
+			if err := t.TakeSpare(sp.f, sp.ln); err != nil {
 				m.quiet.log(m.log, slog.LevelWarn, "spare", "flock: cannot hand a spare socket to a worker", "pid", w.p.Pid(), "err", err)
 				continue
 			}
-			w.spares = append(w.spares, f)
+			w.spares = append(w.spares, sp.f)
 		}
 	}
 }

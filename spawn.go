@@ -35,7 +35,8 @@ type launchSpec struct {
 	bin   *binary
 	slot  int
 	env   []string   // the environment, without the launcher's own variables
-	socks []*os.File // bound sockets: the slot's first, then the spares
+	socks  []*os.File // the slot's sockets, one per listener
+	spares []spare
 	cred  *syscall.Credential
 	out   chan<- procEvent // what the process says, then its exit, in that order
 	done  <-chan struct{}  // closed when the master stops: senders give up
@@ -98,7 +99,7 @@ func (m *master) spawn(s *slot, bin *binary, boot time.Duration) (*worker, error
 	if err := checkFDs("a new worker", fdsToStart); err != nil {
 		return nil, err
 	}
-	spec := launchSpec{bin: bin, slot: s.id, env: m.workerEnv(), socks: append([]*os.File{s.sock}, m.spares...),
+	spec := launchSpec{bin: bin, slot: s.id, env: m.workerEnv(), socks: s.socks, spares: m.spares,
 		cred: m.c.credential(), out: m.procs, done: m.done}
 	p, err := m.launcher.launch(spec)
 	if err != nil {
@@ -106,8 +107,10 @@ func (m *master) spawn(s *slot, bin *binary, boot time.Duration) (*worker, error
 	}
 	m.seq++
 	now := time.Now()
-	w := &worker{p: p, seq: m.seq, slot: s, bin: bin, started: now, lastSeen: now,
-		spares: slices.Clone(m.spares), limits: m.newLimits()}
+	w := &worker{p: p, seq: m.seq, slot: s, bin: bin, started: now, lastSeen: now, limits: m.newLimits()}
+	for _, sp := range m.spares {
+		w.spares = append(w.spares, sp.f)
+	}
 	w.timer = m.after(boot, func() { m.bootTimedOut(w, boot) })
 	m.workers[p] = w
 	m.c.writePID("worker", p.Pid())

@@ -14,7 +14,7 @@ import (
 type slot struct {
 	id       int
 	state    slotState
-	sock     *os.File    // nil once given up or retired
+	socks    []*os.File  // one per listener; nil once given up or retired
 	w        *worker     // the worker serving the slot (active, replacing, retiring)
 	next     *worker     // its replacement, while that boots (replacing, retiring)
 	bin      *binary     // what the slot's workers start from: its last ready worker's
@@ -65,11 +65,9 @@ func (s *slot) serving() *worker {
 	return s.next
 }
 
-func (s *slot) closeSocket() {
-	if s.sock != nil {
-		s.sock.Close()
-		s.sock = nil
-	}
+func (s *slot) closeSockets() {
+	closeFiles(s.socks)
+	s.socks = nil
 }
 
 func (s *slot) stopRestart() {

@@ -170,7 +170,7 @@ func (m *master) crashed(s *slot, exited *Event) {
 		s.to(slotGaveUp)
 		// Nobody will accept on this socket again: close it so the kernel
 		// stops queueing connections on it.
-		s.closeSocket()
+		s.closeSockets()
 		if exited != nil {
 			m.emit(*exited)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -30,14 +31,17 @@ const envUpgrade = "FLOCK_UPGRADE"
 
 // upgradeSpec tells the new master what it inherits; the files follow in
 // this order from fd 3: the pipe to the old master, the monitor's listener
-// (when Monitor), one socket per slot, the spares, then the extensions'
-// listeners.
+// (when Monitor), each slot's sockets (one per name in Names, in that
+// order), the spares, then the extensions' listeners. The new master takes
+// each listener's sockets by name: one it does not have is closed, a new
+// one is bound.
 type upgradeSpec struct {
 	Slots     int      `json:"slots"`
+	Names     []string `json:"names"` // the listeners
 	Monitor   bool     `json:"monitor"`
 	Disabled  bool     `json:"disabled"`
-	Spares    int      `json:"spares"`    // spare sockets, after the slots
-	Listeners []string `json:"listeners"` // extensions' listeners, by name, after the slots
+	SpareOf   []int    `json:"spareOf"`   // the listener (index in Names) of each spare, after the slots
+	Listeners []string `json:"listeners"` // extensions' listeners, by name, after the spares
 }
 
 // upgrades is the master's part in USR2, from either side.
@@ -62,7 +66,7 @@ type inherited struct {
 	upgradeSpec
 	pipe      *os.File
 	monitor   *os.File
-	slots     []*os.File
+	slots     [][]*os.File // per slot, per name
 	spares    []*os.File
 	listeners map[string]*os.File
 }
@@ -103,25 +107,30 @@ func (m *master) startUpgrade() {
 			f.Close()
 		}
 	}()
+	for _, a := range m.addrs {
+		spec.Names = append(spec.Names, a.name)
+	}
 	for _, s := range m.slots {
-		f := s.sock
+		socks := s.socks
 		switch s.state {
 		case slotRetiring:
-			continue // TTOU: its socket is retired
+			continue // TTOU: its sockets are retired
 		case slotGaveUp:
 			var err error
-			if f, err = m.bind(); err != nil {
+			if socks, err = m.bindSlot(); err != nil {
 				r.Close()
 				fail(err)
 				return
 			}
-			fresh = append(fresh, f)
+			fresh = append(fresh, socks...)
 		}
-		files = append(files, f)
+		files = append(files, socks...)
 		spec.Slots++
 	}
-	spec.Spares = len(m.spares)
-	files = append(files, m.spares...)
+	for _, sp := range m.spares {
+		files = append(files, sp.f)
+		spec.SpareOf = append(spec.SpareOf, sp.ln)
+	}
 	m.extMu.Lock()
 	for _, name := range slices.Sorted(maps.Keys(m.extFiles)) {
 		spec.Listeners = append(spec.Listeners, name)
@@ -232,9 +241,13 @@ func inheritance() (*inherited, error) {
 		inh.monitor = next("flock-monitor")
 	}
 	for range inh.Slots {
-		inh.slots = append(inh.slots, next("flock-slot"))
+		var socks []*os.File
+		for range inh.Names {
+			socks = append(socks, next("flock-slot"))
+		}
+		inh.slots = append(inh.slots, socks)
 	}
-	for range inh.Spares {
+	for range inh.SpareOf {
 		inh.spares = append(inh.spares, next("flock-spare"))
 	}
 	inh.listeners = map[string]*os.File{}
@@ -252,29 +265,69 @@ func (inh *inherited) listener(name string) *os.File {
 	return inh.listeners[name]
 }
 
-// inherit takes the inherited slot sockets instead of binding new ones.
+// inherit takes the inherited slot sockets instead of binding new ones,
+// each listener's by name.
 func (m *master) inherit(inh *inherited) error {
-	for _, f := range inh.slots {
-		var sa unix.Sockaddr
-		rc, err := f.SyscallConn()
-		if err == nil {
-			cerr := rc.Control(func(fd uintptr) { sa, err = unix.Getsockname(int(fd)) })
-			err = cmp.Or(cerr, err)
+	from := make([]int, len(m.c.listeners)) // index in inh.Names, or -1
+	for i, l := range m.c.listeners {
+		from[i] = slices.Index(inh.Names, l.Name)
+		host, _, _ := net.SplitHostPort(l.Addr)
+		b := &bound{name: l.Name, host: host}
+		if from[i] >= 0 && len(inh.slots) > 0 {
+			sa, err := sockName(inh.slots[0][from[i]])
+			if err != nil {
+				return fmt.Errorf("flock: inherited socket of %q: %v", l.Name, err)
+			}
+			if b.ip, b.port = sockAddr(sa); b.ip.IsUnspecified() {
+				b.ip = nil
+			}
+		} else {
+			addr, err := net.ResolveTCPAddr("tcp", l.Addr)
+			if err != nil {
+				return fmt.Errorf("flock: listen %s: %v", l.Addr, err)
+			}
+			b.ip, b.port = addr.IP, addr.Port
 		}
-		if err != nil {
-			return fmt.Errorf("flock: inherited socket: %v", err)
+		m.addrs = append(m.addrs, b)
+	}
+	for _, files := range inh.slots {
+		socks := make([]*os.File, len(m.addrs))
+		for i, j := range from {
+			if j >= 0 {
+				socks[i], files[j] = files[j], nil
+			} else {
+				f, err := m.bind(i) // a listener this version adds
+				if err != nil {
+					closeFiles(socks)
+					return err
+				}
+				socks[i] = f
+			}
 		}
-		m.ip, m.port = sockAddr(sa)
-		m.slots = append(m.slots, &slot{id: m.nextSlot, sock: f, bin: m.bin, gone: make(chan struct{})})
+		closeFiles(files) // listeners this version no longer has
+		m.slots = append(m.slots, &slot{id: m.nextSlot, socks: socks, bin: m.bin, gone: make(chan struct{})})
 		m.nextSlot++
 	}
-	if m.ip.IsUnspecified() {
-		m.ip = nil
+	for k, f := range inh.spares {
+		if i := slices.Index(from, inh.SpareOf[k]); i >= 0 {
+			m.spares = append(m.spares, spare{f, i})
+		} else {
+			f.Close()
+		}
 	}
-	m.spares = inh.spares
 	m.disabled = inh.Disabled
 	m.heir = inh.pipe
 	return nil
+}
+
+func sockName(f *os.File) (unix.Sockaddr, error) {
+	var sa unix.Sockaddr
+	rc, err := f.SyscallConn()
+	if err == nil {
+		cerr := rc.Control(func(fd uintptr) { sa, err = unix.Getsockname(int(fd)) })
+		err = cmp.Or(cerr, err)
+	}
+	return sa, err
 }
 
 // handoverIfReady: a new master tells the old one it can go once every slot

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime/metrics"
@@ -25,7 +24,7 @@ const (
 // gone within 2 s of their master.
 const orphanGrace = 1500 * time.Millisecond
 
-func runWorker(h http.Handler, c *config) error {
+func runWorker(setup func(*Worker) error, c *config) error {
 	log := c.Logger.With("pid", os.Getpid(), "slot", WorkerSlot())
 	signal.Ignore(workerIgnored...)
 	stopSig := make(chan os.Signal, 1)
@@ -52,45 +51,63 @@ func runWorker(h http.Handler, c *config) error {
 	fromMaster := make(chan ctrlMsg)
 	go readControl(ctrl, fromMaster)
 
-	var early []*os.File // spares sent while Init ran
-	if c.Init != nil {
-		if early, err = bootInit(c.Init, fromMaster, stopSig, log); err != nil {
-			fail("Init", err)
+	w := newWorker(c)
+	var early []ctrlMsg // spares sent while Init and setup ran
+	for _, step := range []struct {
+		name string
+		fn   func() error
+	}{{"Init", c.Init}, {"setup", func() error { return setup(w) }}} {
+		if step.fn == nil {
+			continue
+		}
+		got, err := boot(step.fn, fromMaster, stopSig, log)
+		early = append(early, got...)
+		if err != nil {
+			fail(step.name, err)
 		}
 	}
+	if name := w.missing(); name != "" {
+		fail("setup", fmt.Errorf("%w %q", ErrNoServer, name))
+	}
+	v := newServers(len(w.names))
+	for i, s := range w.servers {
+		v.set(i, s)
+	}
 	// Joining the reuseport group only now keeps traffic away from a worker
-	// that is not ready. For a replacement the socket already listens, and
-	// what queued on it while the slot was empty is served now.
-	if err := unix.Listen(fdListener, backlog()); err != nil {
-		fail("listen", err)
+	// that is not ready. For a replacement the sockets already listen, and
+	// what queued on them while the slot was empty is served now.
+	for i, fd := range listenerFDs(len(w.names)) {
+		if err := unix.Listen(fd, backlog()); err != nil {
+			fail("listen "+w.names[i], err)
+		}
+		ln, err := fileListener(fd, "flock-listener")
+		if err != nil {
+			fail("listener "+w.names[i], err)
+		}
+		v.serve(i, ln)
 	}
 	// Spares: sockets of removed slots the master keeps open; this worker
 	// accepts on them too (see master.retireSocket).
-	socks := []*os.File{os.NewFile(fdListener, "flock-listener")}
-	spares, _ := strconv.Atoi(os.Getenv(envSpares))
-	for fd := fdControl + 1; fd <= fdControl+spares; fd++ {
-		socks = append(socks, os.NewFile(uintptr(fd), "flock-spare"))
+	fd := fdControl + len(w.names)
+	for _, i := range spareListeners(os.Getenv(envSpares)) {
+		early = append(early, ctrlMsg{file: os.NewFile(uintptr(fd), "flock-spare"), ln: i})
+		fd++
 	}
-	var lns []net.Listener
-	for _, f := range append(socks, early...) {
-		ln, err := net.FileListener(f)
-		f.Close()
-		if err != nil {
-			fail("listener", err)
+	for _, m := range early {
+		ln, err := net.FileListener(m.file)
+		m.file.Close()
+		if err != nil || m.ln >= len(w.names) {
+			fail("spare listener", fmt.Errorf("listener %d: %v", m.ln, err))
 		}
-		lns = append(lns, ln)
+		v.serve(m.ln, ln)
 	}
 
-	app := newAppServer(h, c, log)
-	for _, ln := range lns {
-		app.serve(ln)
-	}
 	// The master shows what each worker served (and recycles on counts):
 	// tell it with "ready", then at most once a second, and not at all
 	// while idle.
 	var reported [3]int64
 	report := func(force bool) {
-		now := [3]int64{app.requests.Load(), app.conns.accepted.Load(), app.conns.live.Load()}
+		now := [3]int64{v.requests.Load(), v.accepted.Load(), v.open()}
 		if now != reported || force {
 			reported = now
 			total, used := heap()
@@ -120,12 +137,12 @@ func runWorker(h http.Handler, c *config) error {
 			case msg.file != nil: // a spare, while serving
 				ln, err := net.FileListener(msg.file)
 				msg.file.Close()
-				if err != nil {
-					log.Error("flock: cannot accept on a spare socket", "err", err)
+				if err != nil || msg.ln >= len(w.names) {
+					log.Error("flock: cannot accept on a spare socket", "listener", msg.ln, "err", err)
 					break
 				}
-				log.Info("flock: serving a spare socket too")
-				app.serve(ln)
+				log.Info("flock: serving a spare socket too", "listener", w.names[msg.ln])
+				v.serve(msg.ln, ln)
 			}
 		case sig := <-stopSig:
 			if os.Getppid() != masterPID { // Pdeathsig: the master died
@@ -133,23 +150,61 @@ func runWorker(h http.Handler, c *config) error {
 			}
 			log.Info("flock: worker stopping on signal", "signal", signalName(sig))
 			stop = true
-		case err := <-app.served:
+		case err := <-v.served:
 			log.Error("flock: worker stopped serving", "err", err)
 			return fmt.Errorf("flock: serve: %w", err)
 		}
 	}
-	app.drain(budget)
+	v.drain(budget)
 	return nil
 }
 
-// bootInit runs Init, and exits the process if the master goes or asks it
-// to stop meanwhile: it has accepted nothing yet, so nothing is lost, and a
-// worker stuck in Init must not outlive its master. It returns the spares
-// the master sent meanwhile.
-func bootInit(init func() error, fromMaster <-chan ctrlMsg, stopSig <-chan os.Signal, log *slog.Logger) ([]*os.File, error) {
+// newWorker is the Worker of Run's setup: the listeners' names.
+func newWorker(c *config) *Worker {
+	w := &Worker{servers: make([]Server, len(c.listeners))}
+	for _, l := range c.listeners {
+		w.names = append(w.names, l.Name)
+	}
+	return w
+}
+
+// listenerFDs are where a worker finds the slot's sockets, one per
+// listener: fd 3 for the first (as before there were more), the others
+// after the control socket.
+func listenerFDs(n int) []int {
+	fds := []int{fdListener}
+	for i := 1; i < n; i++ {
+		fds = append(fds, fdControl+i)
+	}
+	return fds
+}
+
+// spareListeners reads FLOCK_SPARES: the listener index of each spare
+// socket, comma-separated.
+func spareListeners(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if i, err := strconv.Atoi(f); err == nil && i >= 0 {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func fileListener(fd int, name string) (net.Listener, error) {
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	return net.FileListener(f)
+}
+
+// boot runs fn (Init, setup), and exits the process if the master goes or
+// asks it to stop meanwhile: it has accepted nothing yet, so nothing is
+// lost, and a worker stuck in Init must not outlive its master. It returns
+// the spares the master sent meanwhile.
+func boot(fn func() error, fromMaster <-chan ctrlMsg, stopSig <-chan os.Signal, log *slog.Logger) ([]ctrlMsg, error) {
 	done := make(chan error, 1)
-	go func() { done <- init() }()
-	var spares []*os.File
+	go func() { done <- fn() }()
+	var spares []ctrlMsg
 	for {
 		select {
 		case err := <-done:
@@ -160,7 +215,7 @@ func bootInit(init func() error, fromMaster <-chan ctrlMsg, stopSig <-chan os.Si
 				log.Info("flock: worker stopped before it was ready", "master_gone", !ok)
 				os.Exit(0)
 			case msg.file != nil:
-				spares = append(spares, msg.file)
+				spares = append(spares, msg)
 			}
 		case sig := <-stopSig:
 			log.Info("flock: worker stopped before it was ready", "signal", signalName(sig))
