@@ -32,14 +32,14 @@ type launcher interface {
 
 // launchSpec is what a launcher needs to start one worker.
 type launchSpec struct {
-	bin   *binary
-	slot  int
-	env   []string   // the environment, without the launcher's own variables
+	bin    *binary
+	slot   int
+	env    []string   // the environment, without the launcher's own variables
 	socks  []*os.File // the slot's sockets, one per listener
 	spares []spare
-	cred  *syscall.Credential
-	out   chan<- procEvent // what the process says, then its exit, in that order
-	done  <-chan struct{}  // closed when the master stops: senders give up
+	cred   *syscall.Credential
+	out    chan<- procEvent // what the process says, then its exit, in that order
+	done   <-chan struct{}  // closed when the master stops: senders give up
 }
 
 // procEvent is something a worker process said or did.
