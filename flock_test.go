@@ -59,6 +59,7 @@ type appSpec struct {
 	UpgradeTimeout time.Duration
 
 	Extension bool // a testExtension (control_test.go) that calls the Controller from everywhere it may
+	Listeners []Listener
 }
 
 func TestMain(m *testing.M) {
@@ -99,6 +100,7 @@ func runTestApp(js string) int {
 			return nil
 		}
 	}
+	o.Listeners = s.Listeners
 	if s.Extension {
 		x := &testExtension{log: log}
 		o.Extensions, o.OnEvent = []Extension{x}, x.onEvent
@@ -194,6 +196,9 @@ func TestResolveRejects(t *testing.T) {
 		{Options{RestartsPerMinute: -2}, nil, "RestartsPerMinute -2"},
 		{Options{WorkerGOMAXPROCS: -1}, nil, "WorkerGOMAXPROCS -1"},
 		{Options{MaxConnections: -1}, nil, "MaxConnections -1"},
+		{Options{Listeners: []Listener{{Addr: ":1"}}}, nil, `Listeners[0] (Addr ":1"): needs a Name`},
+		{Options{Listeners: []Listener{{Name: "main", Addr: ":1"}}}, nil, `Listeners[0]: the name "main" is taken`},
+		{Options{Listeners: []Listener{{Name: "x", Addr: "nope"}}}, nil, `Listeners[0] "x": Addr "nope"`},
 		{Options{}, map[string]string{"FLOCK_SINGLE": "yes"}, `FLOCK_SINGLE="yes"`},
 		{Options{TLSCertFile: "cert.pem"}, nil, `TLSCertFile "cert.pem" and TLSKeyFile ""`},
 		{Options{TLSCertFile: "/nonexistent.pem", TLSKeyFile: "/nonexistent.key"}, nil, `TLSCertFile "/nonexistent.pem"`},

@@ -16,10 +16,10 @@ import (
 type Listener struct {
 	// Name is how a worker finds it (Worker.Serve). Addr's listener is
 	// named "main".
-	Name string
+	Name string `json:"name"`
 	// Addr is "host:port"; port 0 picks one free port once, shared by every
 	// worker.
-	Addr string
+	Addr string `json:"addr"`
 }
 
 // MainListener is the name of the listener on Options.Addr.

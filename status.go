@@ -20,8 +20,9 @@ type Status struct {
 	Started time.Time      `json:"started"`
 	ECV     string         `json:"ecv"`
 	State   MasterState    `json:"state"`
-	Addr    string         `json:"addr"`
-	Binary  Binary         `json:"binary"` // what new workers start from
+	Addr    string         `json:"addr"`      // the main listener's (Addr)
+	Listens []Listener     `json:"listeners"` // every listener, with its address as bound
+	Binary  Binary         `json:"binary"`    // what new workers start from
 	Build   BuildInfo      `json:"build"`
 	Workers []WorkerStatus `json:"workers"`
 }
@@ -174,6 +175,9 @@ func (m *master) status(mon *monitor) Status {
 	s := m.snap.Load()
 	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(),
 		Addr: m.listenAddr(), Binary: s.bin, Build: build(), Workers: make([]WorkerStatus, len(s.workers))}
+	for _, a := range m.addrs { // set before any other goroutine runs, never changed
+		st.Listens = append(st.Listens, Listener{Name: a.name, Addr: a.String()})
+	}
 	now := time.Now()
 	for i, ws := range s.workers {
 		ws.RSS = rss(ws.PID)
