@@ -78,6 +78,25 @@ func Example_commands() {
 	}
 }
 
+// Any server, on several listeners: the application's own *http.Server on
+// Addr, and a server of another kind (here a second HTTP server standing
+// in for gRPC, which would be flock.GracefulStopper(grpcServer)) on a
+// listener of its own.
+func ExampleRun() {
+	api := &http.Server{Handler: http.DefaultServeMux, ReadTimeout: 5 * time.Second}
+	admin := &http.Server{Handler: http.NotFoundHandler()}
+	o := flock.Options{Addr: ":8080", Listeners: []flock.Listener{{Name: "admin", Addr: "127.0.0.1:8081"}}}
+	err := flock.Run(o, func(w *flock.Worker) error {
+		if err := w.Serve(flock.MainListener, api); err != nil {
+			return err
+		}
+		return w.Serve("admin", admin)
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
 // Code before Serve runs in every process; IsWorker tells which one this
 // is. (This example runs in the test process, which is neither.)
 func ExampleIsWorker() {

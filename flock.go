@@ -9,6 +9,10 @@
 //		}
 //	}
 //
+// Run is the same for any server (an *http.Server of your own, gRPC
+// through GracefulStopper, a raw TCP server), and Options.Listeners adds
+// named addresses beside Addr, each served by every worker.
+//
 // # Processes
 //
 // The first process to call Serve is the master. It binds one SO_REUSEPORT
