@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +39,7 @@ func GracefulStopper(s interface {
 	GracefulStop()
 	Stop()
 }) Server {
-	return gracefulStopper{s}
+	return &gracefulStopper{s} // a pointer: comparable whatever s is
 }
 
 type gracefulStopper struct {
@@ -49,9 +50,9 @@ type gracefulStopper struct {
 	}
 }
 
-func (g gracefulStopper) Serve(ln net.Listener) error { return g.s.Serve(ln) }
+func (g *gracefulStopper) Serve(ln net.Listener) error { return g.s.Serve(ln) }
 
-func (g gracefulStopper) Shutdown(ctx context.Context) error {
+func (g *gracefulStopper) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { g.s.GracefulStop(); close(done) }()
 	select {
@@ -91,7 +92,7 @@ func newServers(listeners int) *servers {
 // around its own.
 func (v *servers) set(i int, s Server) {
 	for _, x := range v.all {
-		if x.s == s {
+		if same(x.s, s) {
 			v.byListener[i] = x
 			return
 		}
@@ -117,6 +118,13 @@ func (v *servers) set(i int, s Server) {
 	}
 	v.byListener[i] = x
 	v.all = append(v.all, x)
+}
+
+// same reports whether a and b are the same server (given to two
+// listeners); a Server of a type that cannot be compared is never the same.
+func same(a, b Server) bool {
+	t := reflect.TypeOf(a)
+	return t == reflect.TypeOf(b) && t.Comparable() && a == b
 }
 
 // httpServer is the server of Serve(h, o): h with flock's timeouts and
@@ -221,7 +229,7 @@ func stop(s Server) {
 		s.Close()
 	case interface{ Stop() }:
 		s.Stop()
-	case gracefulStopper:
+	case *gracefulStopper:
 		s.s.Stop()
 	}
 }
