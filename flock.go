@@ -87,9 +87,10 @@
 // sockets.go (slot sockets and spares), resources.go (the descriptor
 // budget), upgrade.go (USR2), events.go, status.go, control.go (the
 // Controller), ecv.go (the monitor), signals.go, ratelimit.go, pidfile.go,
-// sdnotify.go, worker.go (the worker side), server.go (the HTTP server and
-// its lossless drain), single.go (Options.Single), options.go (defaults
-// and validation).
+// sdnotify.go, run.go (Run, Worker, Listener), worker.go (the worker
+// side), server.go (Server, the servers of a worker and their drain, the
+// lossless one of *http.Server), single.go (Options.Single), options.go
+// (defaults and validation).
 //
 // # Platforms
 //
