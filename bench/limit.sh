@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # flock against the real performance limit of this machine.
 #
-#   bench/limit.sh [-r ROUNDS] [-d SAT_SECONDS] [-f FIXED_SECONDS] [-c CONNECTIONS]
-#                  [-p FRACTION] [-m "MODES"]
+#   bench/limit.sh [-r ROUNDS] [-d SAT_SECONDS] [-f FIXED_SECONDS] [-s SLICE_SECONDS]
+#                  [-c CONNECTIONS] [-p FRACTION] [-m "MODES"] [-a]
 #
 # The limit of a 2-worker prefork is two bare processes (bench/bare), each
 # GOMAXPROCS=1 with its own SO_REUSEPORT listener on the same port and no
@@ -12,24 +12,38 @@
 #
 # Modes (default all four): http-keepalive, http-newconn (a new connection
 # per request, "Connection: close"), echo-keepalive, echo-newconn (a new
-# connection per message). In each mode, rounds (default 7) alternate the
-# two servers (bare first in odd rounds, flock first in even ones), same
-# port and same load. Each server, once started, gets two measured runs:
+# connection per message). Two load levels:
 #
-#   saturating  wrk -t1 -cC -dD (HTTP) or echoload -cC -dD (echo)
-#   fixed rate  echoload -cC -dF -rate R, R = FRACTION (default 0.5) of the
-#               bare limit's saturated throughput, measured once at the
-#               start of the mode (wrk has no rate option; echoload -proto
-#               http is a minimal HTTP/1.1 client with a rate)
+#   sat    saturating: wrk -t1 -cC (HTTP) or echoload -cC (echo)
+#   fixed  a fixed offered rate R = FRACTION (default 0.5) of the bare
+#          limit's saturated throughput, measured once at the start of the
+#          mode: echoload -cC -rate R (wrk has no rate option; echoload
+#          -proto http is a minimal HTTP/1.1 client with one)
 #
-# and for each run: requests (or messages) per second, and CPU time per
-# request: utime + stime (/proc/PID/stat fields 14 and 15) summed over every
-# process of the server (the two bare processes; flock's master and all its
-# descendants) before and after the run, divided by the requests served. At
-# saturation both servers use whatever CPU the client leaves them, so CPU
-# per request there mostly mirrors throughput; the fixed rate is the
-# measure to read. Prints every round, then per mode and level the median
-# and range of the ratio flock / bare for both metrics.
+# In each round (default 7) both servers are started, on two ports, and
+# the load alternates between them in slices of -s seconds (default 1),
+# bare first in odd slices and flock first in even ones, until each has had
+# -d seconds of saturating load (default 5) and -f seconds at the fixed rate
+# (default 20). Only one server is loaded at a time. Interleaving matters:
+# this VM's speed drifts (a fixed CPU-bound loop took 167 to 218 ms in
+# consecutive runs), and alternating whole runs of 15 s (the first version
+# of this script) gave per-round CPU ratios from 0.76 to 1.36. What drifts
+# slower than a slice cancels; what is faster only averages out, hence the
+# long fixed-rate level and the mean ± standard error beside the median.
+#
+# Measured per server, over its own slices: requests (or messages) per
+# second, and CPU time per request: utime + stime (/proc/PID/stat fields 14
+# and 15) summed over every process of the server (the two bare processes;
+# flock's master and all its descendants) before and after each slice,
+# divided by the requests it served. At saturation both servers use what
+# CPU the client leaves them, so CPU per request there mostly mirrors
+# throughput; the fixed rate is the measure to read. Prints every round,
+# then per mode and level the median and range of the ratio flock / bare,
+# and its mean ± standard error over the rounds.
+#
+# -a is the A/A test of the method itself: the contender is a second bare
+# pair instead of flock, so every ratio should be 1 and its spread is the
+# noise floor of this machine.
 #
 # Loopback only. Every process started here is killed on exit, Ctrl-C
 # included (servers by process group, load generators by pid). Needs wrk
@@ -37,13 +51,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=7 sat=5 fixed=10 conns=32 frac=0.5
+rounds=7 sat=5 fixed=20 slice=1 conns=32 frac=0.5 aa=
 modes="http-keepalive http-newconn echo-keepalive echo-newconn"
-while getopts r:d:f:c:p:m: o; do
+while getopts r:d:f:s:c:p:m:a o; do
   case $o in
-    r) rounds=$OPTARG ;; d) sat=$OPTARG ;; f) fixed=$OPTARG ;; c) conns=$OPTARG ;;
-    p) frac=$OPTARG ;; m) modes=$OPTARG ;;
-    *) echo "usage: $0 [-r rounds] [-d saturating seconds] [-f fixed-rate seconds] [-c connections] [-p fraction] [-m modes]" >&2; exit 2 ;;
+    r) rounds=$OPTARG ;; d) sat=$OPTARG ;; f) fixed=$OPTARG ;; s) slice=$OPTARG ;;
+    c) conns=$OPTARG ;; p) frac=$OPTARG ;; m) modes=$OPTARG ;; a) aa=1 ;;
+    *) echo "usage: $0 [-r rounds] [-d saturating seconds] [-f fixed-rate seconds] [-s slice seconds] [-c connections] [-p fraction] [-m modes] [-a]" >&2; exit 2 ;;
   esac
 done
 for m in $modes; do
@@ -63,7 +77,8 @@ hz=$(getconf CLK_TCK)
 
 # Processes we started: servers are process-group leaders (setsid), so a
 # group kill reaches flock's workers too; load generators are single pids.
-groups=() loads=()
+# groups holds every server group; g_bare and g_flock each server's.
+groups=() g_bare=() g_flock=() loads=()
 stop_servers() {
   local g
   for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
@@ -72,7 +87,7 @@ stop_servers() {
     kill -KILL -- "-$g" 2>/dev/null || true
     wait "$g" 2>/dev/null || true
   done
-  groups=()
+  groups=() g_bare=() g_flock=()
 }
 cleanup() {
   local p
@@ -100,14 +115,15 @@ tree() {
   for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$c"; done
 }
 
-# ticks: sets $sum to utime + stime in clock ticks, summed over the
-# server's processes (every started group leader and its descendants), and
-# $procs to the pids counted, so that a process appearing or vanishing
-# during a run (whose ticks would be missed) is noticed.
+# ticks bare|flock: sets $sum to utime + stime in clock ticks, summed over
+# the server's processes (its group leaders and all their descendants),
+# and $procs to the pids counted, so that a process appearing or vanishing
+# during a slice (whose ticks would be missed) is noticed.
 ticks() {
   local p s a
+  local -n leaders=g_$1
   sum=0
-  procs=$(for p in "${groups[@]}"; do tree "$p"; done | sort -n | tr '\n' ' ')
+  procs=$(for p in "${leaders[@]}"; do tree "$p"; done | sort -n | tr '\n' ' ')
   for p in $procs; do
     s=$(cat /proc/"$p"/stat 2>/dev/null) || continue
     s=${s##*) } # fields from 3 (state) on: the name may hold spaces
@@ -125,28 +141,32 @@ free_port() {
   done
 }
 
-# serve bare|flock PROTO: start the server on a fresh port and wait until
-# it is ready (bare: both sockets listen; flock: the monitor shows two
-# ready workers).
+# serve bare|flock PROTO: start the server on a fresh port (kept in
+# $port_bare or $port_flock) and wait until it is ready (bare: both sockets
+# listen; flock: the monitor shows two ready workers). With -a, "flock" is
+# a second bare pair.
 serve() {
   free_port
-  local addr=127.0.0.1:$port log=$res/$1-$2.log
-  case $1 in
+  local addr=127.0.0.1:$port log=$res/$1-$2.log kind=$1
+  printf -v "port_$1" %s "$port"
+  [ -n "$aa" ] && kind=bare
+  case $kind in
     bare)
+      local -n g=g_$1
       GOMAXPROCS=1 setsid "$out/bare" -mode "$2" -addr "$addr" 2>>"$log" &
-      groups+=("$!")
+      groups+=("$!") g+=("$!")
       GOMAXPROCS=1 setsid "$out/bare" -mode "$2" -addr "$addr" 2>>"$log" &
-      groups+=("$!")
+      groups+=("$!") g+=("$!")
       ;;
     flock)
       local bin=$out/example
       [ "$2" = echo ] && bin=$out/echo
       setsid "$bin" -workers 2 -addr "$addr" 2>"$log" &
-      groups+=("$!")
+      groups+=("$!") g_flock+=("$!")
       ;;
   esac
   for _ in $(seq 200); do
-    case $1 in
+    case $kind in
       bare) [ "$(ss -Hltn "sport = :$port" | wc -l)" = 2 ] && return ;;
       flock) [ "$(curl -fs "http://127.0.0.1:$((port + 1))/" 2>/dev/null | grep -c '"state": "ready"')" = 2 ] && return ;;
     esac
@@ -156,11 +176,11 @@ serve() {
   exit 1
 }
 
-# load PROTO KIND LEVEL SECONDS [RATE]: one load run against $port; sets
-# $n (requests answered) and $f (failures). LEVEL is sat (wrk for HTTP,
+# load PORT PROTO KIND LEVEL SECONDS [RATE]: one load run; sets $n
+# (requests answered) and $f (failures). LEVEL is sat (wrk for HTTP,
 # echoload for echo) or fixed (echoload at RATE).
 load() {
-  local proto=$1 kind=$2 level=$3 secs=$4 rate=${5:-0}
+  local port=$1 proto=$2 kind=$3 level=$4 secs=$5 rate=${6:-0}
   if [ "$proto" = http ] && [ "$level" = sat ]; then
     local h=()
     [ "$kind" = newconn ] && h=(-H "Connection: close")
@@ -178,28 +198,35 @@ load() {
   fi
 }
 
-# measure PROTO KIND LEVEL SECONDS [RATE]: a measured load run; sets $m to
-# "req/s cpu-µs-per-request failures cores-used".
-measure() {
-  local before p0 t0 t1
-  ticks
+# slice bare|flock PROTO KIND LEVEL SECONDS [RATE]: a measured load run on
+# that server; adds to its totals: A[s.n] requests, A[s.f] failures,
+# A[s.t] CPU ticks, A[s.ns] nanoseconds of load.
+declare -A A
+slice() {
+  local s=$1 before p0 t0 t1 p=port_$1
+  shift
+  ticks "$s"
   before=$sum p0=$procs
-  t0=$(date +%s.%N)
-  load "$@"
-  t1=$(date +%s.%N)
-  ticks
-  [ "$p0" = "$procs" ] || echo "    warning: the server's processes changed during the run ($p0-> $procs)" >&2
-  m=$(awk -v n="$n" -v f="$f" -v d=$((sum - before)) -v hz="$hz" -v t0="$t0" -v t1="$t1" \
-    'BEGIN {printf "%.0f %.3f %d %.2f\n", n / (t1 - t0), d * 1e6 / hz / n, f, d / hz / (t1 - t0)}')
+  t0=$(date +%s%N)
+  load "${!p}" "$@"
+  t1=$(date +%s%N)
+  ticks "$s"
+  [ "$p0" = "$procs" ] || echo "    warning: $s's processes changed during a slice ($p0-> $procs)" >&2
+  A[$s.n]=$((${A[$s.n]:-0} + n)) A[$s.f]=$((${A[$s.f]:-0} + f))
+  A[$s.t]=$((${A[$s.t]:-0} + sum - before)) A[$s.ns]=$((${A[$s.ns]:-0} + t1 - t0))
 }
 
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
-range() { sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s – %s", lo, hi}'; }
+# result bare|flock: "req/s cpu-µs-per-request failures cores-used" from the totals.
+result() {
+  awk -v n="${A[$1.n]}" -v f="${A[$1.f]}" -v t="${A[$1.t]}" -v ns="${A[$1.ns]}" -v hz="$hz" \
+    'BEGIN {printf "%.0f %.3f %d %.2f\n", n / ns * 1e9, t * 1e6 / hz / n, f, t / hz / ns * 1e9}'
+}
 
 echo "machine: $(nproc) cores, $(uname -r), $(go version | cut -d' ' -f3); $(uptime | sed 's/.*load/load/')"
-echo "rounds $rounds; saturating: wrk -t1 -c$conns -d${sat}s (HTTP), echoload -c$conns -d${sat}s (echo);" \
-  "fixed rate: echoload -c$conns -d${fixed}s at $frac × the bare limit's saturated throughput"
+echo "rounds $rounds; per server and round: saturating ${sat}s (wrk -t1 -c$conns for HTTP, echoload -c$conns for echo)," \
+  "fixed rate ${fixed}s (echoload -c$conns at $frac × the bare limit's saturated throughput), in alternating ${slice}s slices"
 echo "bare = 2 × bench/bare (GOMAXPROCS=1, SO_REUSEPORT, no master); flock = example or example/echo, -workers 2"
+[ -z "$aa" ] || echo "A/A TEST (-a): \"flock\" below is a second bare pair"
 echo "cpu = utime+stime of every server process per request, in µs; cores = CPU seconds per second used by the server"
 for mode in $modes; do
   proto=${mode%%-*} kind=${mode#*-}
@@ -208,29 +235,36 @@ for mode in $modes; do
   echo
   # The fixed rate: the bare limit's saturated throughput, measured once.
   serve bare "$proto"
-  load "$proto" "$kind" sat 1 # warm-up
-  measure "$proto" "$kind" sat "$sat"
-  cal=${m%% *}
+  load "$port_bare" "$proto" "$kind" sat 1 # warm-up
+  A=()
+  slice bare "$proto" "$kind" sat "$sat"
+  read -r cal _ < <(result bare)
   stop_servers
   rate=$(awk -v c="$cal" -v f="$frac" 'BEGIN {printf "%.0f", c * f}')
   echo "$mode: bare limit saturated at $cal $unit/s; fixed rate $rate $unit/s"
   for level in sat fixed; do : >"$res/$mode.$level.rps"; : >"$res/$mode.$level.cpu"; done
   for r in $(seq "$rounds"); do
-    order="bare flock"
-    [ $((r % 2)) = 0 ] && order="flock bare"
-    declare -A R=()
-    for s in $order; do
-      serve "$s" "$proto"
-      load "$proto" "$kind" sat 1 # warm-up
-      measure "$proto" "$kind" sat "$sat"
-      R[$s.sat]=$m
-      measure "$proto" "$kind" fixed "$fixed" "$rate"
-      R[$s.fixed]=$m
-      stop_servers
+    serve bare "$proto"
+    serve flock "$proto"
+    for s in bare flock; do
+      p=port_$s
+      load "${!p}" "$proto" "$kind" sat 1 # warm-up
     done
     for level in sat fixed; do
-      read -r br bc bf bu <<<"${R[bare.$level]}"
-      read -r fr fc ff fu <<<"${R[flock.$level]}"
+      A=()
+      secs=$sat lrate=0
+      [ "$level" = fixed ] && secs=$fixed lrate=$rate
+      k=0 done_s=0
+      while awk -v d="$done_s" -v t="$secs" 'BEGIN {exit !(d < t - 1e-9)}'; do
+        k=$((k + 1))
+        len=$(awk -v d="$done_s" -v t="$secs" -v s="$slice" 'BEGIN {print (t - d < s ? t - d : s)}')
+        order="bare flock"
+        [ $((k % 2)) = 0 ] && order="flock bare"
+        for s in $order; do slice "$s" "$proto" "$kind" "$level" "$len" "$lrate"; done
+        done_s=$(awk -v d="$done_s" -v l="$len" 'BEGIN {print d + l}')
+      done
+      read -r br bc bf bu < <(result bare)
+      read -r fr fc ff fu < <(result flock)
       rr=$(awk -v a="$fr" -v b="$br" 'BEGIN {printf "%.3f", a / b}')
       cr=$(awk -v a="$fc" -v b="$bc" 'BEGIN {printf "%.3f", a / b}')
       echo "$rr" >>"$res/$mode.$level.rps"
@@ -240,17 +274,18 @@ for mode in $modes; do
       printf '%-14s round %d %-5s  bare %7d %s/s %7.3f µs %4.2f cores | flock %7d %s/s %7.3f µs %4.2f cores | flock/bare: %s/s %s  cpu/%s %s%s\n' \
         "$mode" "$r" "$level" "$br" "$unit" "$bc" "$bu" "$fr" "$unit" "$fc" "$fu" "$unit" "$rr" "$unit" "$cr" "$fails"
     done
-    unset R
+    stop_servers
   done
 done
 
 echo
-echo "flock / bare: median (range) over the rounds"
-printf '%-14s %-6s %-26s %s\n' mode level "throughput" "cpu per request"
+echo "flock / bare over the rounds: median (range); mean ± standard error"
+printf '%-14s %-6s %-42s %s\n' mode level "throughput" "cpu per request"
+stats() { sort -g "$1" | awk '{a[NR] = $1; s += $1; q += $1 * $1}
+  END {m = s / NR; se = NR > 1 ? sqrt((q - NR * m * m) / (NR - 1) / NR) : 0
+    printf "%.3f (%.3f – %.3f); %.3f ± %.3f", (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[1], a[NR], m, se}'; }
 for mode in $modes; do
   for level in fixed sat; do
-    printf '%-14s %-6s %-26s %s\n' "$mode" "$level" \
-      "$(median <"$res/$mode.$level.rps") ($(range <"$res/$mode.$level.rps"))" \
-      "$(median <"$res/$mode.$level.cpu") ($(range <"$res/$mode.$level.cpu"))"
+    printf '%-14s %-6s %-42s %s\n' "$mode" "$level" "$(stats "$res/$mode.$level.rps")" "$(stats "$res/$mode.$level.cpu")"
   done
 done
