@@ -152,10 +152,13 @@ serve() {
   [ -n "$aa" ] && kind=bare
   case $kind in
     bare)
+      # Both in one session, as flock's master and workers are: with
+      # kernel.sched_autogroup_enabled=1 the scheduler shares CPU fairly
+      # between sessions, and two sessions against flock's one would get
+      # the bare pair more of the CPU the load generator leaves.
       local -n g=g_$1
-      GOMAXPROCS=1 setsid "$out/bare" -mode "$2" -addr "$addr" 2>>"$log" &
-      groups+=("$!") g+=("$!")
-      GOMAXPROCS=1 setsid "$out/bare" -mode "$2" -addr "$addr" 2>>"$log" &
+      setsid bash -c 'GOMAXPROCS=1 "$0" -mode "$1" -addr "$2" & GOMAXPROCS=1 "$0" -mode "$1" -addr "$2" & wait' \
+        "$out/bare" "$2" "$addr" 2>>"$log" &
       groups+=("$!") g+=("$!")
       ;;
     flock)
