@@ -25,8 +25,8 @@ type binary struct {
 
 // Binary identifies the executable a worker runs.
 type Binary struct {
-	Path string `json:"path"` // where it was read from
-	ID   string `json:"id"`   // "sha256:" and the first 12 hex digits of its content's hash
+	Path string `json:"path"`         // where it was read from
+	ID   string `json:"id,omitempty"` // "sha256:" and the first 12 hex digits of its content's hash
 }
 
 func (b *binary) String() string { return b.path + " (" + b.id + ")" }

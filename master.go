@@ -77,7 +77,7 @@ func runMaster(c *config) error {
 	m := &master{
 		c:           c,
 		log:         c.Logger,
-		launcher:    flockLauncher{log: c.Logger},
+		launcher:    c.launcher(),
 		quiet:       newLimiter(time.Second),
 		stopTimeout: c.ShutdownTimeout,
 		workers:     map[proc]*worker{},
@@ -94,6 +94,26 @@ func runMaster(c *config) error {
 		m.log.Warn("flock: an OnEvent or extension callback is still running; returning without it")
 	}
 	return err
+}
+
+// launcher starts the workers: this program again, or Supervise's.
+func (c *config) launcher() launcher {
+	if c.program == nil {
+		return flockLauncher{log: c.Logger}
+	}
+	l := foreignLauncher{log: c.Logger, prog: c.program, t: c.Timeout}
+	for _, ln := range c.listeners {
+		l.names = append(l.names, ln.Name)
+	}
+	return l
+}
+
+// exe names what a worker started from bin runs, for people.
+func (m *master) exe(bin *binary) string {
+	if m.c.program != nil {
+		return m.c.program.Path
+	}
+	return bin.String()
 }
 
 // eventSinks are the callbacks that hear every event.

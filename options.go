@@ -23,6 +23,7 @@ type config struct {
 	listeners []Listener // Addr's as MainListener, then Options.Listeners
 	uid       *uint32    // workers' identity, when Options.User is set
 	gid       *uint32
+	program   *Program // Supervise's: workers run it instead of this program
 }
 
 const (

@@ -87,6 +87,8 @@ func (p *flockProc) Stop()    { p.send("stop") }
 func (p *flockProc) Ping()    { p.send("ping") }
 func (p *flockProc) Kill()    { p.cmd.Process.Kill() }
 
+func (p *flockProc) watched() bool { return true }
+
 func (p *flockProc) send(line string) {
 	if _, err := p.ctrl.Write([]byte(line + "\n")); err != nil {
 		p.log.Debug("flock: cannot write to worker; it is probably exiting", "err", err)

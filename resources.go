@@ -57,9 +57,9 @@ func openFDs() int {
 
 // startError says what a failed start means, for the errors that have a
 // remedy: the process limit.
-func startError(bin *binary, err error) error {
+func startError(exe string, err error) error {
 	if errors.Is(err, unix.EAGAIN) {
-		return fmt.Errorf("start %s: %w: %w (the process limit, RLIMIT_NPROC or kernel.threads-max, is reached)", bin, ErrNoResources, err)
+		return fmt.Errorf("start %s: %w: %w (the process limit, RLIMIT_NPROC or kernel.threads-max, is reached)", exe, ErrNoResources, err)
 	}
-	return fmt.Errorf("start %s: %w", bin, err)
+	return fmt.Errorf("start %s: %w", exe, err)
 }

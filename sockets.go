@@ -28,6 +28,9 @@ type bound struct {
 	host string // as configured, for messages
 	ip   net.IP // nil for all interfaces
 	port int    // set by the first bind when configured as 0
+	// shared, when set, is the one socket every slot's is a copy of:
+	// systemd's (activated.go).
+	shared *os.File
 }
 
 func (b *bound) String() string { return net.JoinHostPort(b.host, strconv.Itoa(b.port)) }
@@ -49,6 +52,14 @@ func (m *master) bindAll() error {
 		}
 		host, _, _ := net.SplitHostPort(l.Addr)
 		m.addrs = append(m.addrs, &bound{name: l.Name, host: host, ip: addr.IP, port: addr.Port})
+	}
+	files, names, err := activatedSockets()
+	if err == nil && files != nil {
+		err = m.takeActivated(files, names)
+	}
+	if err != nil {
+		closeFiles(files)
+		return err
 	}
 	for range m.c.Workers {
 		if _, err := m.newSlot(); err != nil {
@@ -99,6 +110,13 @@ func (m *master) bindSlot() ([]*os.File, error) {
 
 func (m *master) bind(i int) (*os.File, error) {
 	a := m.addrs[i]
+	if a.shared != nil {
+		f, err := dupFile(a.shared, "flock-slot")
+		if err != nil {
+			return nil, fmt.Errorf("flock: copy the socket of %s: %w", a, err)
+		}
+		return f, nil
+	}
 	f, port, err := bindSocket(a.ip, a.port)
 	if err != nil {
 		return nil, fmt.Errorf("flock: listen %s: %w", a, err)
@@ -130,6 +148,11 @@ func (m *master) closeSockets() {
 		sp.f.Close()
 	}
 	m.spares = nil
+	for _, a := range m.addrs {
+		if a.shared != nil {
+			a.shared.Close()
+		}
+	}
 }
 
 // retireSocket takes a removed slot's sockets out of service. With
@@ -149,6 +172,10 @@ func (m *master) retireSocket(s *slot) {
 		return
 	}
 	for i, f := range s.socks {
+		if m.addrs[i].shared != nil {
+			f.Close() // a copy: the queue is the shared socket's, which the others serve
+			continue
+		}
 		m.spares = append(m.spares, spare{f, i})
 	}
 	s.socks = nil
@@ -156,19 +183,33 @@ func (m *master) retireSocket(s *slot) {
 }
 
 // spareTaker is a proc that can accept on one more socket while it runs.
-// A kind that cannot (sockets passed at start only) serves the spares of
-// the workers started after them.
+// A kind that cannot (a foreign program: sockets passed at start only)
+// serves the spares that existed when it started.
 type spareTaker interface {
 	TakeSpare(f *os.File, listener int) error
 }
 
 // shareSpares hands every spare to every running worker that lacks it.
+// When no worker has them all (none can take one while it runs), one is
+// replaced, readiness-gated: its replacement starts with every spare, so
+// that what is queued on them is served.
 func (m *master) shareSpares() {
+	var lacking *worker
+	served := len(m.spares) == 0
 	for _, w := range m.workers {
-		t, ok := w.p.(spareTaker)
-		if !ok || w.going() {
+		if w.going() {
 			continue
 		}
+		t, ok := w.p.(spareTaker)
+		if !ok {
+			if m.hasSpares(w) {
+				served = true
+			} else if w.state == workerReady && w.slot.w == w && w.slot.state == slotActive {
+				lacking = w
+			}
+			continue
+		}
+		served = true
 		for _, sp := range m.spares {
 			if slices.Contains(w.spares, sp.f) {
 				continue
@@ -180,6 +221,28 @@ func (m *master) shareSpares() {
 			w.spares = append(w.spares, sp.f)
 		}
 	}
+	if !served && lacking != nil {
+		m.adoptSpares(lacking)
+	}
+}
+
+func (m *master) hasSpares(w *worker) bool {
+	for _, sp := range m.spares {
+		if !slices.Contains(w.spares, sp.f) {
+			return false
+		}
+	}
+	return true
+}
+
+// adoptSpares replaces w so that its replacement serves the spares.
+func (m *master) adoptSpares(w *worker) {
+	if m.state != running {
+		return
+	}
+	s := w.slot
+	m.log.Info("flock: replacing a worker to serve the spare sockets (it cannot take them while it runs)", "pid", w.p.Pid(), "slot", s.id)
+	m.startRoll(&roll{kind: rollRecycle, bin: s.bin, queue: []*slot{s}, expect: w, width: 1})
 }
 
 // migrating reports whether net.ipv4.tcp_migrate_req is on.

@@ -23,6 +23,7 @@ type proc interface {
 	Stop() // ask it to drain and exit
 	Ping() // ask for a sign of life; it answers procAlive
 	Kill()
+	watched() bool // whether it gives signs of life: silence for Timeout kills it
 }
 
 // launcher starts worker processes of one kind.
@@ -32,14 +33,15 @@ type launcher interface {
 
 // launchSpec is what a launcher needs to start one worker.
 type launchSpec struct {
-	bin    *binary
-	slot   int
-	env    []string   // the environment, without the launcher's own variables
-	socks  []*os.File // the slot's sockets, one per listener
-	spares []spare
-	cred   *syscall.Credential
-	out    chan<- procEvent // what the process says, then its exit, in that order
-	done   <-chan struct{}  // closed when the master stops: senders give up
+	bin     *binary
+	slot    int
+	env     []string   // the environment, without the launcher's own variables
+	socks   []*os.File // the slot's sockets, one per listener
+	spares  []spare
+	cred    *syscall.Credential
+	program string           // Supervise's program, as found now
+	out     chan<- procEvent // what the process says, then its exit, in that order
+	done    <-chan struct{}  // closed when the master stops: senders give up
 }
 
 // procEvent is something a worker process said or did.
@@ -47,16 +49,20 @@ type procEvent struct {
 	p      proc
 	kind   procEventKind
 	counts counts           // procCounts: the totals so far
+	text   string           // procSaid
 	state  *os.ProcessState // procExited
 }
 
 type procEventKind int
 
 const (
-	procReady  procEventKind = iota // it accepts connections
-	procAlive                       // it answered a ping
-	procCounts                      // it reported what it served
-	procExited                      // it is gone; nothing follows
+	procReady    procEventKind = iota // it accepts connections
+	procAlive                         // it answered a ping
+	procCounts                        // it reported what it served
+	procSaid                          // it described its state (sd_notify STATUS=)
+	procStopping                      // it said it is stopping (sd_notify STOPPING=1)
+	procHung                          // it said it is stuck (sd_notify WATCHDOG=trigger)
+	procExited                        // it is gone; nothing follows
 )
 
 // counts is what a worker last reported: what it served since it
@@ -101,13 +107,20 @@ func (m *master) spawn(s *slot, bin *binary, boot time.Duration) (*worker, error
 	}
 	spec := launchSpec{bin: bin, slot: s.id, env: m.workerEnv(), socks: s.socks, spares: m.spares,
 		cred: m.c.credential(), out: m.procs, done: m.done}
+	if m.c.program != nil {
+		path, err := m.c.program.resolve()
+		if err != nil {
+			return nil, err
+		}
+		spec.program = path
+	}
 	p, err := m.launcher.launch(spec)
 	if err != nil {
-		return nil, startError(bin, err)
+		return nil, startError(m.exe(bin), err)
 	}
 	m.seq++
 	now := time.Now()
-	w := &worker{p: p, seq: m.seq, slot: s, bin: bin, started: now, lastSeen: now, limits: m.newLimits()}
+	w := &worker{p: p, seq: m.seq, slot: s, bin: bin, program: spec.program, started: now, lastSeen: now, limits: m.newLimits()}
 	for _, sp := range m.spares {
 		w.spares = append(w.spares, sp.f)
 	}
@@ -137,6 +150,6 @@ func (m *master) workerEnv() []string {
 func ownEnvRemoved() []string {
 	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		name, _, _ := strings.Cut(kv, "=")
-		return name == envWorker || name == envMasterPID || name == envUpgrade || name == envSpares || name == envBinaryFD
+		return name == envWorker || name == envMasterPID || name == envUpgrade || name == envSpares || name == envBinaryFD || name == envExec
 	})
 }

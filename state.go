@@ -83,6 +83,8 @@ type worker struct {
 	seq     int // fork order: orders workers by age
 	slot    *slot
 	bin     *binary
+	program string // Supervise's program, as found when it started
+	message string // what it last said it is doing (sd_notify STATUS=)
 	state   workerState
 	start   StartReason
 	exit    ExitReason // why the master asked it to go; "" means it was not asked

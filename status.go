@@ -77,7 +77,8 @@ type WorkerStatus struct {
 	Slot    int         `json:"slot"`
 	State   WorkerState `json:"state"`
 	Started time.Time   `json:"started"`
-	Binary  Binary      `json:"binary"` // what it runs
+	Binary  Binary      `json:"binary"`            // what it runs (for Supervise, the program, without ID)
+	Message string      `json:"message,omitempty"` // what it last said it is doing (sd_notify STATUS=)
 
 	Requests        int64   `json:"requests"`        // served since it started
 	Connections     int64   `json:"connections"`     // accepted since it started
@@ -160,8 +161,12 @@ func (m *master) publish() {
 		case workerStopping, workerKilled:
 			st = WorkerStopping
 		}
+		bin := w.bin.public()
+		if w.program != "" {
+			bin = Binary{Path: w.program}
+		}
 		s.workers = append(s.workers, workerSnap{WorkerStatus{PID: w.p.Pid(), ID: w.seq, Slot: w.slot.id, State: st,
-			Started: w.started, Binary: w.bin.public(), Requests: w.counts.Requests, Connections: w.counts.Connections,
+			Started: w.started, Binary: bin, Message: w.message, Requests: w.counts.Requests, Connections: w.counts.Connections,
 			ConnectionsOpen: w.counts.Open, HeapTotal: w.counts.HeapTotal, HeapUsed: w.counts.HeapUsed}, w.rates})
 	}
 	slices.SortFunc(s.workers, func(a, b workerSnap) int { return cmp.Or(a.Slot-b.Slot, a.Started.Compare(b.Started)) })

@@ -27,6 +27,15 @@ func (m *master) onProc(e procEvent) {
 		w.counts = e.counts
 		w.rates.update(e.counts, w.lastSeen)
 		m.checkRecycle(w)
+	case procSaid:
+		w.message = e.text
+	case procStopping:
+		m.log.Info("flock: worker says it is stopping", "pid", w.p.Pid(), "slot", w.slot.id)
+	case procHung:
+		if !w.going() {
+			m.log.Warn("flock: worker says it is stuck (WATCHDOG=trigger); killing it", "pid", w.p.Pid(), "slot", w.slot.id)
+			m.killWorker(w, ExitTimeout)
+		}
 	}
 }
 
@@ -35,7 +44,7 @@ func (m *master) onProc(e procEvent) {
 func (m *master) fork(s *slot, why StartReason) {
 	w, err := m.spawn(s, s.bin, m.c.BootTimeout)
 	if err != nil {
-		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", s.bin.String(), "err", err)
+		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", m.exe(s.bin), "err", err)
 		m.crashed(s, nil)
 		return
 	}
@@ -50,7 +59,10 @@ func (m *master) onReady(w *worker) {
 	}
 	w.to(workerReady)
 	stopTimer(w.timer)
-	w.timer = m.after(m.c.Timeout, func() { m.heartbeat(w) })
+	w.timer = nil
+	if w.p.watched() {
+		w.timer = m.after(m.c.Timeout, func() { m.heartbeat(w) })
+	}
 	m.armUptime(w)
 	s := w.slot
 	m.emit(Event{Kind: EventReady, PID: w.p.Pid(), Slot: s.id})

@@ -42,6 +42,7 @@ type upgradeSpec struct {
 	Disabled  bool     `json:"disabled"`
 	SpareOf   []int    `json:"spareOf"`   // the listener (index in Names) of each spare, after the slots
 	Listeners []string `json:"listeners"` // extensions' listeners, by name, after the spares
+	Shared    []string `json:"shared"`    // the listeners whose slots share one socket (systemd's)
 }
 
 // upgrades is the master's part in USR2, from either side.
@@ -109,6 +110,9 @@ func (m *master) startUpgrade() {
 	}()
 	for _, a := range m.addrs {
 		spec.Names = append(spec.Names, a.name)
+		if a.shared != nil {
+			spec.Shared = append(spec.Shared, a.name)
+		}
 	}
 	for _, s := range m.slots {
 		socks := s.socks
@@ -280,6 +284,11 @@ func (m *master) inherit(inh *inherited) error {
 			}
 			if b.ip, b.port = sockAddr(sa); b.ip.IsUnspecified() {
 				b.ip = nil
+			}
+			if slices.Contains(inh.Shared, l.Name) {
+				if b.shared, err = dupFile(inh.slots[0][from[i]], "systemd-socket"); err != nil {
+					return fmt.Errorf("flock: inherited socket of %q: %v", l.Name, err)
+				}
 			}
 		} else {
 			addr, err := net.ResolveTCPAddr("tcp", l.Addr)

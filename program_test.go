@@ -1,0 +1,99 @@
+package flock
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestProgramResolve(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "server")
+	require.NoError(t, os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "data"), []byte("x"), 0o644))
+
+	got, err := (&Program{Path: "sh"}).resolve()
+	require.NoError(t, err)
+	assert.True(t, filepath.IsAbs(got), got)
+	got, err = (&Program{Path: "./server", Dir: dir}).resolve()
+	require.NoError(t, err)
+	assert.Equal(t, exe, got, "a relative path is the program's directory's")
+
+	for _, tc := range []struct {
+		p    Program
+		want error
+		msg  string
+	}{
+		{Program{Path: "no-such-program-here"}, ErrNotFound, `program "no-such-program-here": not found in PATH`},
+		{Program{Path: "./gone", Dir: dir}, ErrNotFound, `program "./gone": not found (` + filepath.Join(dir, "gone") + ")"},
+		{Program{Path: "./data", Dir: dir}, ErrNotExecutable, `program "./data" (` + filepath.Join(dir, "data") + "): not an executable file"},
+		{Program{Path: dir}, ErrNotExecutable, "not an executable file"},
+	} {
+		_, err := tc.p.resolve()
+		assert.ErrorIs(t, err, tc.want, tc.p.Path)
+		assert.ErrorContains(t, err, tc.msg)
+	}
+}
+
+// Supervise refuses what cannot work with a foreign program, before
+// binding anything.
+func TestSuperviseRejects(t *testing.T) {
+	for _, tc := range []struct {
+		o    Options
+		p    Program
+		want string
+	}{
+		{Options{}, Program{}, "Program.Path: empty"},
+		{Options{}, Program{Path: "true", Ready: -3}, "Program.Ready -3ns"},
+		{Options{}, Program{Path: "true", Output: "loud"}, `Program.Output "loud"`},
+		{Options{MaxRequests: 10}, Program{Path: "true"}, "a foreign program does not report what it serves"},
+		{Options{Single: true}, Program{Path: "true"}, "Single: a foreign program runs under a master"},
+		{Options{Init: func() error { return nil }}, Program{Path: "true"}, "Init runs in flock's own workers"},
+		{Options{}, Program{Path: "no-such-program-here"}, `flock: program "no-such-program-here": not found in PATH`},
+	} {
+		err := Supervise(tc.o, tc.p)
+		require.Error(t, err, tc.want)
+		assert.Contains(t, err.Error(), tc.want)
+	}
+}
+
+func TestNotifyEvent(t *testing.T) {
+	for line, want := range map[string]procEventKind{
+		"READY=1": procReady, "WATCHDOG=1": procAlive, "WATCHDOG=trigger": procHung, "STOPPING=1": procStopping, "STATUS=busy": procSaid,
+	} {
+		e, ok := notifyEvent(line)
+		assert.True(t, ok, line)
+		assert.Equal(t, want, e.kind, line)
+	}
+	e, _ := notifyEvent("STATUS=a=b")
+	assert.Equal(t, "a=b", e.text)
+	for _, line := range []string{"READY=0", "MAINPID=12", "RELOADING=1", "", "X"} {
+		_, ok := notifyEvent(line)
+		assert.False(t, ok, line)
+	}
+}
+
+// A prefixed output is whole lines, each with the name and pid, however
+// the program writes them.
+func TestCopyLines(t *testing.T) {
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	out, err := os.CreateTemp(t.TempDir(), "out")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() { copyLines(out, r, "[web 7] "); close(done) }()
+	for _, chunk := range []string{"one\ntw", "o\n", "three", "\nno newline at the end"} {
+		_, err := w.WriteString(chunk)
+		require.NoError(t, err)
+	}
+	w.Close()
+	<-done
+	b, err := os.ReadFile(out.Name())
+	require.NoError(t, err)
+	assert.Equal(t, "[web 7] one\n[web 7] two\n[web 7] three\n[web 7] no newline at the end\n", string(b))
+	assert.Equal(t, 4, strings.Count(string(b), "\n"))
+}
