@@ -11,7 +11,9 @@
 //
 // Run is the same for any server (an *http.Server of your own, gRPC
 // through GracefulStopper, a raw TCP server), and Options.Listeners adds
-// named addresses beside Addr, each served by every worker.
+// named addresses beside Addr, each served by every worker. Supervise runs
+// a program flock did not build, in any language, as the workers (the
+// flock command, cmd/flock, is Supervise with flags).
 //
 // # Processes
 //
@@ -90,7 +92,10 @@
 // sdnotify.go, run.go (Run, Worker, Listener), worker.go (the worker
 // side), server.go (Server, the servers of a worker and their drain, the
 // lossless one of *http.Server), single.go (Options.Single), options.go
-// (defaults and validation).
+// (defaults and validation); for Supervise: program.go (Program),
+// activation.go (the foreign kind of worker: socket activation and the
+// exec shim), notify.go (its NOTIFY_SOCKET), output.go (its output), and
+// activated.go (the master's own sockets from systemd).
 //
 // # Platforms
 //

@@ -110,7 +110,9 @@ func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
 	go func() { cmd.Wait(); close(a.exited) }()
 	t.Cleanup(func() {
 		// The process group holds the master, its workers, and any new
-		// master a USR2 started with its own workers.
+		// master a USR2 started with its own workers. Foreign workers
+		// (Supervise) are process groups of their own.
+		killGroupsBelow(a.PID)
 		syscall.Kill(-a.PID, syscall.SIGKILL)
 		<-a.exited
 		// Only at end of file is every line read, a race report a worker
@@ -134,6 +136,68 @@ func Start(t *testing.T, cmd *exec.Cmd, env ...string) *App {
 		}
 	})
 	return a
+}
+
+// killGroupsBelow kills the process groups that processes of group pgid
+// started: a foreign worker (Supervise) leads one, so that its own
+// children die with it. The group is stopped first, so that no master
+// forks a replacement meanwhile; a process that has not stopped within
+// the bound may have forked one, which the walk then misses.
+func killGroupsBelow(pgid int) {
+	syscall.Kill(-pgid, syscall.SIGSTOP)
+	members := groupMembers(pgid)
+	Poll(2*time.Second, func() bool {
+		for _, p := range members {
+			if Alive(p) && !Stopped(p) {
+				return false
+			}
+		}
+		return true
+	})
+	var walk func(pid int)
+	walk = func(pid int) {
+		for _, c := range children(pid) {
+			if g, err := syscall.Getpgid(c); err == nil && g != pgid {
+				syscall.Kill(-g, syscall.SIGKILL)
+			}
+			syscall.Kill(c, syscall.SIGKILL)
+			walk(c)
+		}
+	}
+	for _, p := range members {
+		walk(p)
+	}
+}
+
+// groupMembers are the processes of group pgid.
+func groupMembers(pgid int) []int {
+	dirs, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := syscall.Getpgid(pid); err == nil && g == pgid {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// children are pid's child processes.
+func children(pid int) []int {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var out []int
+	for _, t := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 // read parses the processes' stderr, a record per line, until end of file.

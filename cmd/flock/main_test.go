@@ -1,0 +1,244 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flockhq/flock/internal/flocktest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The test binary is the flock command when FLOCK_TEST_AS_FLOCK is set:
+// the tests start it as a real master, with real signals, and it runs
+// real programs nobody here wrote (Node, gunicorn) as its workers.
+const envAsFlock = "FLOCK_TEST_AS_FLOCK"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envAsFlock) == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// startFlock starts the flock command on loopback with args, its logs
+// as JSON.
+func startFlock(t *testing.T, args ...string) *flocktest.App {
+	t.Helper()
+	args = append([]string{"-log-json", "-addr", "127.0.0.1:0", "-monitor", "127.0.0.1:0"}, args...)
+	return flocktest.Start(t, exec.Command(os.Args[0], args...), envAsFlock+"=1")
+}
+
+func need(t *testing.T, cmd string) string {
+	t.Helper()
+	path, err := exec.LookPath(cmd)
+	if err != nil {
+		t.Skipf("%s is not installed (.ci/run installs it): %v", cmd, err)
+	}
+	return path
+}
+
+// Node's HTTP module, listening on the sockets it is given ({fd: 3}).
+func TestNode(t *testing.T) {
+	need(t, "node")
+	a := startFlock(t, "-workers", "2", "-shutdown-timeout", "20s", "--", "node", "../../example/node/server.js")
+	flocktest.Lifecycle(a, 2)
+}
+
+// gunicorn from Debian, serving a WSGI app on the sockets it is given,
+// ready when it says READY=1.
+func TestGunicorn(t *testing.T) {
+	need(t, "gunicorn")
+	a := startFlock(t, "-workers", "2", "-ready", "notify", "-shutdown-timeout", "20s", "--",
+		"gunicorn", "--workers", "1", "--graceful-timeout", "20", "--chdir", "../../example/gunicorn", "app:app")
+	flocktest.Lifecycle(a, 2)
+}
+
+// Started by a .socket unit, the master takes systemd's socket instead of
+// binding its own; systemd holds it through a full restart of the master,
+// so that not even a stop and a start of the whole service, under load,
+// fails a request. The test holds the socket, as systemd would, and starts
+// the master through flock's own exec shim, which sets LISTEN_PID to the
+// pid the master will have.
+func TestSocketActivatedMasterRestarts(t *testing.T) {
+	need(t, "node")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	sock, err := ln.(*net.TCPListener).File()
+	require.NoError(t, err)
+	defer sock.Close()
+	start := func() *flocktest.App {
+		cmd := exec.Command(os.Args[0], "-log-json", "-monitor", "127.0.0.1:0", "-workers", "2", "-shutdown-timeout", "20s",
+			"--", "node", "../../example/node/server.js")
+		cmd.ExtraFiles = []*os.File{sock}
+		a := flocktest.Start(t, cmd, envAsFlock+"=1", "LISTEN_FDS=1", "LISTEN_FDNAMES=main", "FLOCK_EXEC="+os.Args[0])
+		a.Started(2)
+		require.Equal(t, ln.Addr().String(), a.Addr, "the master listens on systemd's socket")
+		return a
+	}
+	first := start()
+	url := "http://" + ln.Addr().String() + "/"
+	fresh := flocktest.StartLoad(t, url, 4, false)
+	kept := flocktest.StartLoad(t, url, 4, true)
+	fresh.WaitRequests(200)
+	kept.WaitRequests(200)
+
+	first.Signal(syscall.SIGTERM)
+	require.Equal(t, 0, first.ExitCode(30*time.Second))
+	start()
+	fresh.WaitRequests(200)
+	kept.WaitRequests(200)
+	for name, l := range map[string]*flocktest.LoadRun{"new connection per request": fresh, "keep-alive": kept} {
+		res := l.Stop()
+		t.Logf("a full restart of the master under load, %s: %s", name, res)
+		assert.Zero(t, res.Failed.Load(), "%s: %s", name, res)
+	}
+}
+
+// What a program sees is what systemd-socket-activate gives it: the same
+// LISTEN_* variables, LISTEN_PID its own pid, fd 3 a listening stream
+// socket, blocking and inherited across exec, and nothing else open.
+func TestSameEnvironmentAsSystemd(t *testing.T) {
+	activate := need(t, "systemd-socket-activate")
+	python := need(t, "python3")
+	script, err := filepath.Abs("testdata/listenenv.py")
+	require.NoError(t, err)
+	dir := t.TempDir()
+
+	// Under systemd-socket-activate, which starts the program (in its own
+	// process: LISTEN_PID is its pid) at the first connection.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close()
+	sd := flocktest.Start(t, exec.Command(activate, "-l", addr, "--fdname=main", python, script, filepath.Join(dir, "systemd.json")))
+	require.True(t, flocktest.Poll(10*time.Second, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}), "systemd-socket-activate does not listen on %s", addr)
+	systemd := readSeen(t, filepath.Join(dir, "systemd.json"))
+	sd.Signal(syscall.SIGTERM)
+
+	a := startFlock(t, "-workers", "1", "-ready", "now", "--", python, script, filepath.Join(dir, "flock.json"))
+	a.Started(1)
+	got := readSeen(t, filepath.Join(dir, "flock.json"))
+	t.Logf("systemd-socket-activate gave: %v", systemd)
+	assert.Equal(t, systemd, got)
+	assert.Equal(t, "1", got["LISTEN_FDS"])
+	assert.Equal(t, true, got["LISTEN_PID is its pid"])
+}
+
+func readSeen(t *testing.T, path string) map[string]any {
+	t.Helper()
+	var b []byte
+	require.True(t, flocktest.Poll(20*time.Second, func() bool {
+		var err error
+		b, err = os.ReadFile(path)
+		return err == nil
+	}), "the program did not write %s", path)
+	var seen map[string]any
+	require.NoError(t, json.Unmarshal(b, &seen))
+	return seen
+}
+
+// A program that ignores its socket and binds the port itself fails to,
+// since the master's sockets hold it: it crashes at every start, which
+// says why, and is given up; flock exits 1.
+func TestProgramBindingThePortItselfFails(t *testing.T) {
+	python := need(t, "python3")
+	bind := `import os, socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen(); input()`
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	a := flocktest.Start(t, exec.Command(os.Args[0], "-log-json", "-monitor", "off", "-workers", "1", "-restart-delay", "1ms",
+		"-restarts-per-minute", "2", "--", python, "-c", bind), envAsFlock+"=1", "PORT="+port)
+	assert.Equal(t, 1, a.ExitCode(30*time.Second))
+	assert.NotEmpty(t, a.Find(func(r flocktest.Rec) bool { return strings.Contains(r.Str("msg"), "Address already in use") }),
+		"the program's own error is shown")
+	assert.NotEmpty(t, a.Events("gave-up"))
+}
+
+// With -watchdog, a program that never says WATCHDOG=1 is killed once
+// silent for -timeout, and replaced.
+func TestWatchdogKillsASilentProgram(t *testing.T) {
+	python := need(t, "python3")
+	a := startFlock(t, "-workers", "1", "-ready", "now", "-watchdog", "-timeout", "1s", "--", python, "-c", "import signal; signal.pause()")
+	pid := a.Started(1)[0]
+	a.WaitFor("the silent worker killed", 20*time.Second, func(r flocktest.Rec) bool {
+		return r.Str("event") == "exited" && r.Int("pid") == pid && r.Str("reason") == "timeout"
+	})
+	a.WaitFor("its replacement", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == "failure" })
+}
+
+// Bad input is an error naming it, and a defined exit status.
+func TestBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{}, 2, "no program to run"},
+		{[]string{"-ready", "soon", "--", "true"}, 2, `invalid value "soon" for flag -ready`},
+		{[]string{"-stop-signal", "NOPE", "--", "true"}, 2, `"NOPE": not a signal name`},
+		{[]string{"-output", "loud", "--", "true"}, 2, `"loud": want inherit, prefix or silent`},
+		{[]string{"--", "no-such-program-here"}, 1, `flock: program "no-such-program-here": not found in PATH`},
+		{[]string{"-max-requests", "5", "--", "true"}, 2, "flag provided but not defined: -max-requests"},
+		{[]string{"-config", "testdata/unknown-key.json"}, 2, `testdata/unknown-key.json: unknown key "wokers"`},
+	} {
+		cmd := exec.Command(os.Args[0], tc.args...)
+		cmd.Env = append(os.Environ(), envAsFlock+"=1")
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit, "%v: %s", tc.args, out)
+		assert.Equal(t, tc.code, exit.ExitCode(), "%v: %s", tc.args, out)
+		assert.Contains(t, string(out), tc.want, "%v", tc.args)
+	}
+}
+
+// A config file sets flags by name and gives the program; flags on the
+// command line win; the program runs in the file's folder.
+func TestConfigFile(t *testing.T) {
+	need(t, "node")
+	dir := t.TempDir()
+	server, err := filepath.Abs("../../example/node/server.js")
+	require.NoError(t, err)
+	require.NoError(t, os.Symlink(server, filepath.Join(dir, "server.js")))
+	cfg := filepath.Join(dir, "flock.json")
+	require.NoError(t, os.WriteFile(cfg, []byte(`{
+		"workers": 3,
+		"shutdown-timeout": "5s",
+		"output": "prefix",
+		"env": {"GREETING": "hi"},
+		"program": ["node", "server.js"]
+	}`), 0o644))
+	a := startFlock(t, "-config", cfg, "-workers", "2")
+	pids := a.Started(2)
+	flocktest.WaitServed(a, 10*time.Second)
+	for _, pid := range pids {
+		line := fmt.Sprintf("[node %d] server.js: serving 1 socket(s)", pid)
+		a.WaitFor("the worker's first line, prefixed", 10*time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == line })
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		require.NoError(t, err)
+		assert.Contains(t, strings.Split(string(env), "\x00"), "GREETING=hi")
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		require.NoError(t, err)
+		assert.Equal(t, dir, cwd)
+	}
+	a.Signal(syscall.SIGTERM)
+	assert.Equal(t, 0, a.ExitCode(20*time.Second))
+	assert.Len(t, a.Events("forked"), 2, "the command line's -workers wins over the file's")
+}
