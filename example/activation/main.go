@@ -9,18 +9,21 @@
 //
 // "/" says hello; "/?sleep=MS" sends its headers and "Hello" at once and
 // the rest MS milliseconds later. TERM drains: it stops accepting and
-// finishes what is in flight.
+// finishes what is in flight, without net/http's Shutdown alone, which
+// drops a request that arrives on an accepted connection as it begins.
 package main
 
 import (
 	"context"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,11 +32,24 @@ import (
 )
 
 func main() {
+	// Before saying READY=1: a stop may come right after it (a roll
+	// replacing a worker that has just started), and TERM's default action
+	// would end the process with connections accepted and unanswered.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM)
 	lns, err := activation.Listeners()
 	if err != nil || len(lns) == 0 {
 		log.Fatalf("activation: no sockets were passed (LISTEN_FDS): run it under flock or systemd-socket-activate (%v)", err)
 	}
-	srv := &http.Server{Handler: handler(), ReadHeaderTimeout: 10 * time.Second}
+	var open atomic.Int64 // connections, for the drain
+	srv := &http.Server{Handler: handler(), ReadHeaderTimeout: 10 * time.Second, ConnState: func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}}
 	var serving sync.WaitGroup
 	for _, ln := range lns {
 		serving.Go(func() { srv.Serve(ln) })
@@ -46,8 +62,6 @@ func main() {
 			}
 		}()
 	}
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGTERM)
 	<-stop
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	// Close the listeners and wait for every Serve to return before
@@ -59,6 +73,14 @@ func main() {
 	serving.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// Shutdown alone would drop a request it reads after it began
+	// (net/http's conn.serve checks for that after reading), so drain
+	// first: keep-alives off, which closes idle connections and ends the
+	// others after their request, then wait until none is left. Again and
+	// again: a connection silent for 5 s only counts as idle from then on.
+	for srv.SetKeepAlivesEnabled(false); open.Load() > 0 && ctx.Err() == nil; srv.SetKeepAlivesEnabled(false) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := srv.Shutdown(ctx); err != nil {
 		log.Fatalf("activation: %v", err)
 	}
