@@ -105,6 +105,61 @@ func TestSocketActivatedMasterRestarts(t *testing.T) {
 	}
 }
 
+// USR2 upgrades flock itself: a new master from the binary on disk takes
+// the sockets and starts its own workers of the program; once they are
+// ready the old master drains and exits 0. No request fails.
+func TestUSR2(t *testing.T) {
+	need(t, "node")
+	a := startFlock(t, "-workers", "2", "-shutdown-timeout", "20s", "--", "node", "../../example/node/server.js")
+	old := a.Started(2)
+	fresh := flocktest.StartLoad(t, a.URL("/"), 4, false)
+	kept := flocktest.StartLoad(t, a.URL("/"), 4, true)
+	fresh.WaitRequests(200)
+	kept.WaitRequests(200)
+	a.Signal(syscall.SIGUSR2)
+	assert.Equal(t, 0, a.ExitCode(30*time.Second), "the old master exits 0 once it has drained")
+	fresh.WaitRequests(200)
+	kept.WaitRequests(200)
+	for name, l := range map[string]*flocktest.LoadRun{"new connection per request": fresh, "keep-alive": kept} {
+		res := l.Stop()
+		t.Logf("USR2 under load, %s: %s", name, res)
+		assert.Zero(t, res.Failed.Load(), "%s: %s", name, res)
+	}
+	pid, err := flocktest.Get(a.URL("/"))
+	require.NoError(t, err)
+	assert.NotContains(t, old, pid, "the new master's workers serve")
+}
+
+// As root, -user runs the program as another user: the exec shim is
+// executed from the master's open descriptor, and the program keeps its
+// sockets.
+func TestProgramAsAnotherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: only root can start workers as another user")
+	}
+	python := "/usr/bin/python3" // the system's: a user's own (pyenv) is not the other user's to run
+	if _, err := os.Stat(python); err != nil {
+		t.Skipf("no %s (.ci/run installs it): %v", python, err)
+	}
+	serve := `import os, socket
+s = socket.socket(fileno=3)
+while True:
+    c, _ = s.accept()
+    c.recv(1024)
+    c.sendall(b"HTTP/1.1 200 OK\r\nX-Worker-Pid: %d\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n" % os.getpid())
+    c.close()`
+	bin := flocktest.CopyBinary(t) // readable and executable by that user
+	a := flocktest.Start(t, exec.Command(bin, "-log-json", "-addr", "127.0.0.1:0", "-monitor", "127.0.0.1:0", "-workers", "1",
+		"-ready", "now", "-user", "nobody", "--", python, "-c", serve), envAsFlock+"=1")
+	pid := a.Started(1)[0]
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	assert.Contains(t, string(status), "\nUid:\t65534\t65534\t65534\t65534\n")
+	got, err := flocktest.Get(a.URL("/"))
+	require.NoError(t, err)
+	assert.Equal(t, pid, got)
+}
+
 // What a program sees is what systemd-socket-activate gives it: the same
 // LISTEN_* variables, LISTEN_PID its own pid, fd 3 a listening stream
 // socket, blocking and inherited across exec, and nothing else open.

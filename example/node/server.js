@@ -18,7 +18,12 @@ if (!fds || process.env.LISTEN_PID !== String(process.pid)) {
 
 // "/" says hello; "/?sleep=MS" sends its headers and "Hello" at once and
 // the rest MS milliseconds later: a request known to be in flight.
+let stopping = false;
+
 function handler(req, res) {
+  // While stopping, end keep-alive connections after their request:
+  // close() alone leaves a busy one open, and the worker with it.
+  if (stopping) res.setHeader('Connection', 'close');
   res.writeHead(200, { 'X-Worker-Pid': process.pid });
   const rest = `from node worker ${process.pid}\n`;
   const ms = Number(new URL(req.url, 'http://x').searchParams.get('sleep') || 0);
@@ -38,6 +43,7 @@ console.error(`server.js: serving ${fds} socket(s)`);
 process.on('SIGTERM', () => {
   // close() stops accepting, closes idle keep-alive connections (Node 19+)
   // and calls back once the others have finished.
+  stopping = true;
   let open = servers.length;
   for (const s of servers) s.close(() => { if (--open === 0) process.exit(0); });
 });
