@@ -81,10 +81,9 @@ var systemdEnv = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_
 
 // foreignLauncher starts prog as workers.
 type foreignLauncher struct {
-	log   *slog.Logger
-	prog  *Program
-	names []string // the listeners', by index
-	t     time.Duration
+	log  *slog.Logger
+	prog *Program
+	t    time.Duration
 }
 
 type foreignProc struct {
@@ -101,9 +100,9 @@ type foreignProc struct {
 func (l foreignLauncher) launch(s launchSpec) (proc, error) {
 	// Socket activation hands over listening sockets: the program may
 	// accept at once, and may not call listen itself.
-	socks, names := slices.Clone(s.socks), slices.Clone(l.names)
+	socks, names := slices.Clone(s.socks), slices.Concat(s.names, s.spareNames)
 	for _, sp := range s.spares {
-		socks, names = append(socks, sp.f), append(names, l.names[sp.ln])
+		socks = append(socks, sp.f)
 	}
 	for _, f := range socks {
 		if err := listen(f); err != nil {
@@ -120,8 +119,10 @@ func (l foreignLauncher) launch(s launchSpec) (proc, error) {
 	})
 	env = append(env, l.prog.Env...)
 	binFD := strconv.Itoa(3 + len(socks))
-	env = append(env, "LISTEN_FDS="+strconv.Itoa(len(socks)), "LISTEN_FDNAMES="+strings.Join(names, ":"),
-		"NOTIFY_SOCKET="+ns.name, envExec+"="+s.program)
+	if len(socks) > 0 { // a group with no listener gets none, as a service with no socket unit
+		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(socks)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
+	}
+	env = append(env, "NOTIFY_SOCKET="+ns.name, envExec+"="+s.program)
 	if l.prog.Watchdog {
 		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(l.t.Microseconds(), 10))
 	}

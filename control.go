@@ -100,12 +100,24 @@ func (c *Controller) Status() Status {
 // the first that cannot be added (the error wraps ErrNoResources when the
 // master is short of file descriptors).
 func (c *Controller) AddWorkers(n int) error {
+	return c.AddGroupWorkers("", n)
+}
+
+// AddGroupWorkers is AddWorkers for the worker group called group ("":
+// the first, TTIN's); the error wraps ErrNoSuchGroup if there is none.
+func (c *Controller) AddGroupWorkers(group string, n int) error {
 	if n < 1 {
 		return fmt.Errorf("count %d: must be at least 1", n)
 	}
 	return c.do(func(m *master) error {
+		g := m.groups[0]
+		if group != "" {
+			if g = m.group(group); g == nil {
+				return fmt.Errorf("%w %q (the groups are %q)", ErrNoSuchGroup, group, m.groupNames())
+			}
+		}
 		for i := range n {
-			if err := m.addSlot(); err != nil {
+			if err := m.addSlot(g); err != nil {
 				return fmt.Errorf("%d of %d workers added: %w", i, n, err)
 			}
 		}
@@ -118,6 +130,8 @@ func (c *Controller) AddWorkers(n int) error {
 type RestartOptions struct {
 	// PIDs are the workers to replace; none means every worker.
 	PIDs []int
+	// Group, instead of PIDs, replaces the workers of that worker group.
+	Group string
 	// Executable is the binary the new workers start from. Default: the
 	// file now at os.Executable() (what a deploy replaces).
 	Executable string
@@ -157,11 +171,14 @@ func (c *Controller) roll(kind rollKind, o RestartOptions) (int, error) {
 	res := make(chan rollResult, 1)
 	err = c.do(func(m *master) error {
 		slots, err := m.slotsOf(o.PIDs)
+		if o.Group != "" {
+			slots, err = m.slotsOfGroup(o.Group)
+		}
 		if err != nil {
 			return err
 		}
 		m.binaries = append(m.binaries, bin)
-		m.startRoll(&roll{kind: kind, bin: bin, queue: slots, boot: o.Timeout, full: len(o.PIDs) == 0,
+		m.startRoll(&roll{kind: kind, bin: bin, queue: slots, boot: o.Timeout, full: len(o.PIDs) == 0 && o.Group == "",
 			width: rollWidth(len(slots), m.c.RestartConcurrencyRatio), result: res})
 		return nil
 	})
@@ -241,6 +258,15 @@ func orDefault(d, def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+// slotsOfGroup are the live slots of the group called name.
+func (m *master) slotsOfGroup(name string) ([]*slot, error) {
+	g := m.group(name)
+	if g == nil {
+		return nil, fmt.Errorf("%w %q (the groups are %q)", ErrNoSuchGroup, name, m.groupNames())
+	}
+	return slices.DeleteFunc(m.liveSlots(), func(s *slot) bool { return s.g != g }), nil
 }
 
 // slotsOf maps worker pids to their slots; no pids means every slot.

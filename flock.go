@@ -279,6 +279,12 @@ type Options struct {
 	// no monitor, no extension, no recycling, and TTIN, TTOU, HUP and USR2
 	// are ignored.
 	Single bool
+
+	// WorkerGroups are more programs under Supervise's master, beside its
+	// Program (the first group, on Addr and Listeners, with Workers
+	// workers): each with its own command line, workers and listeners, or
+	// none. TTIN and TTOU act on the first group; HUP rolls every group.
+	WorkerGroups []WorkerGroup
 }
 
 // Version is flock's version.

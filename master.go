@@ -19,7 +19,7 @@ import (
 type master struct {
 	c        *config
 	log      *slog.Logger
-	launcher launcher
+	groups   []*group  // the first is Addr's and Workers'
 	bin      *binary   // what new slots start from: this program, then the last full roll's
 	binaries []*binary // every binary pinned, until nothing refers to it
 	quiet    *limiter  // log lines on paths that can repeat
@@ -77,7 +77,7 @@ func runMaster(c *config) error {
 	m := &master{
 		c:           c,
 		log:         c.Logger,
-		launcher:    c.launcher(),
+		groups:      c.groups,
 		quiet:       newLimiter(time.Second),
 		stopTimeout: c.ShutdownTimeout,
 		workers:     map[proc]*worker{},
@@ -85,6 +85,9 @@ func runMaster(c *config) error {
 		procs:       make(chan procEvent),
 		inbox:       make(chan func()),
 		done:        make(chan struct{}),
+	}
+	for _, g := range m.groups {
+		g.launcher = c.launcher(g)
 	}
 	m.delivery = newDelivery(c.eventSinks())
 	err := m.run()
@@ -96,22 +99,18 @@ func runMaster(c *config) error {
 	return err
 }
 
-// launcher starts the workers: this program again, or Supervise's.
-func (c *config) launcher() launcher {
-	if c.program == nil {
+// launcher starts g's workers: this program again, or a Program.
+func (c *config) launcher(g *group) launcher {
+	if g.program == nil {
 		return flockLauncher{log: c.Logger}
 	}
-	l := foreignLauncher{log: c.Logger, prog: c.program, t: c.Timeout}
-	for _, ln := range c.listeners {
-		l.names = append(l.names, ln.Name)
-	}
-	return l
+	return foreignLauncher{log: c.Logger, prog: g.program, t: c.Timeout}
 }
 
-// exe names what a worker started from bin runs, for people.
-func (m *master) exe(bin *binary) string {
-	if m.c.program != nil {
-		return m.c.program.Path
+// exe names what a worker of g started from bin runs, for people.
+func exe(g *group, bin *binary) string {
+	if g.program != nil {
+		return g.program.Path
 	}
 	return bin.String()
 }
@@ -293,7 +292,7 @@ func (m *master) onSignal(sig os.Signal) {
 	}
 	switch act {
 	case actAddWorker:
-		m.addSlot()
+		m.addSlot(m.groups[0])
 	case actRemoveWorker:
 		m.removeSlot()
 	case actGraceful:
@@ -320,6 +319,17 @@ func (m *master) activeSlots() int {
 	n := 0
 	for _, s := range m.slots {
 		if s.state != slotRetiring {
+			n++
+		}
+	}
+	return n
+}
+
+// groupSlots counts g's slots that are not going away.
+func (m *master) groupSlots(g *group) int {
+	n := 0
+	for _, s := range m.slots {
+		if s.g == g && s.state != slotRetiring {
 			n++
 		}
 	}

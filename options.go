@@ -23,7 +23,7 @@ type config struct {
 	listeners []Listener // Addr's as MainListener, then Options.Listeners
 	uid       *uint32    // workers' identity, when Options.User is set
 	gid       *uint32
-	program   *Program // Supervise's: workers run it instead of this program
+	groups    []*group // the first is Addr's and Workers' (group.go)
 }
 
 const (
@@ -165,21 +165,29 @@ func (o Options) resolve(getenv func(string) string) (*config, error) {
 func (c *config) resolveListeners() error {
 	c.listeners = []Listener{{Name: MainListener, Addr: c.Addr}}
 	for i, l := range c.Options.Listeners {
-		switch {
-		case l.Name == "":
-			return fmt.Errorf("flock: Listeners[%d] (Addr %q): needs a Name", i, l.Addr)
-		case slices.ContainsFunc(c.listeners, func(x Listener) bool { return x.Name == l.Name }):
-			return fmt.Errorf("flock: Listeners[%d]: the name %q is taken (%q is Addr's)", i, l.Name, MainListener)
+		if err := c.addListener(l); err != nil {
+			return fmt.Errorf("flock: Listeners[%d]: %w", i, err)
 		}
-		_, port, err := net.SplitHostPort(l.Addr)
-		if err == nil {
-			_, err = parsePort(port)
-		}
-		if err != nil {
-			return fmt.Errorf("flock: Listeners[%d] %q: Addr %q: %v", i, l.Name, l.Addr, err)
-		}
-		c.listeners = append(c.listeners, l)
 	}
+	return nil
+}
+
+// addListener checks l and adds it to the listeners.
+func (c *config) addListener(l Listener) error {
+	switch {
+	case l.Name == "":
+		return fmt.Errorf("no Name (Addr %q)", l.Addr)
+	case slices.ContainsFunc(c.listeners, func(x Listener) bool { return x.Name == l.Name }):
+		return fmt.Errorf("the name %q is taken (%q is Addr's)", l.Name, MainListener)
+	}
+	_, port, err := net.SplitHostPort(l.Addr)
+	if err == nil {
+		_, err = parsePort(port)
+	}
+	if err != nil {
+		return fmt.Errorf("%q: Addr %q: %v", l.Name, l.Addr, err)
+	}
+	c.listeners = append(c.listeners, l)
 	return nil
 }
 

@@ -93,25 +93,7 @@ var ErrNotFound = errors.New("not found")
 // to (the port is taken by the master's sockets) and, crashing at every
 // start, is given up.
 func Supervise(o Options, p Program) error {
-	if p.Path == "" {
-		return errors.New("flock: Program.Path: empty")
-	}
-	if p.Ready < ReadyAtOnce {
-		return fmt.Errorf("flock: Program.Ready %v: must be a duration, ReadyNotify or ReadyAtOnce", p.Ready)
-	}
-	if p.Ready == 0 {
-		p.Ready = defaultReady
-	}
-	if p.StopSignal == 0 {
-		p.StopSignal = syscall.SIGTERM
-	}
-	if p.Name == "" {
-		p.Name = filepath.Base(p.Path)
-	}
-	if err := p.Output.valid(); err != nil {
-		return fmt.Errorf("flock: Program.%w", err)
-	}
-	if _, err := p.resolve(); err != nil {
+	if err := checkProgram(&p); err != nil {
 		return fmt.Errorf("flock: %w", err)
 	}
 	c, err := o.resolve(os.Getenv)
@@ -125,7 +107,9 @@ func Supervise(o Options, p Program) error {
 	case c.Init != nil:
 		return errors.New("flock: Init runs in flock's own workers; a foreign program has none")
 	}
-	c.program = &p
+	if err := c.resolveGroups(&p); err != nil {
+		return err
+	}
 	return runMaster(c)
 }
 

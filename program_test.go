@@ -97,3 +97,27 @@ func TestCopyLines(t *testing.T) {
 	assert.Equal(t, "[web 7] one\n[web 7] two\n[web 7] three\n[web 7] no newline at the end\n", string(b))
 	assert.Equal(t, 4, strings.Count(string(b), "\n"))
 }
+
+// Worker groups are checked before anything is bound.
+func TestWorkerGroupsRejects(t *testing.T) {
+	ok := Program{Path: "true"}
+	for _, tc := range []struct {
+		g    []WorkerGroup
+		want string
+	}{
+		{[]WorkerGroup{{Program: ok}}, "WorkerGroups[0]: needs a Name"},
+		{[]WorkerGroup{{Name: "true", Program: ok}}, `WorkerGroups[0] "true": the name is taken`},
+		{[]WorkerGroup{{Name: "a", Program: ok}, {Name: "a", Program: ok}}, `WorkerGroups[1] "a": the name is taken`},
+		{[]WorkerGroup{{Name: "a", Program: ok, Workers: -1}}, `WorkerGroups[0] "a": Workers -1`},
+		{[]WorkerGroup{{Name: "a"}}, `WorkerGroups[0] "a": Program.Path: empty`},
+		{[]WorkerGroup{{Name: "a", Program: Program{Path: "no-such-program-here"}}}, `WorkerGroups[0] "a": program "no-such-program-here": not found in PATH`},
+		{[]WorkerGroup{{Name: "a", Program: ok, Addr: "nope"}}, `WorkerGroups[0] "a": listener 0: "a": Addr "nope"`},
+		{[]WorkerGroup{{Name: "a", Program: ok, Listeners: []Listener{{Name: "main", Addr: ":1"}}}}, `WorkerGroups[0] "a": listener 0: the name "main" is taken`},
+	} {
+		err := Supervise(Options{WorkerGroups: tc.g}, ok)
+		require.Error(t, err, tc.want)
+		assert.Contains(t, err.Error(), tc.want)
+	}
+	err := Run(Options{WorkerGroups: []WorkerGroup{{Name: "a", Program: ok}}}, func(*Worker) error { return nil })
+	assert.ErrorContains(t, err, "WorkerGroups: only Supervise runs groups")
+}

@@ -174,7 +174,7 @@ func (m *master) rollMore() {
 func (m *master) replace(s *slot, r *roll) error {
 	revive := s.state != slotActive
 	if revive && s.socks == nil { // given up: it needs sockets again
-		socks, err := m.bindSlot()
+		socks, err := m.bindSlot(s.g)
 		if err != nil {
 			return fmt.Errorf("slot %d: %w", s.id, err)
 		}

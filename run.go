@@ -90,6 +90,9 @@ func start(o Options, setupFor func(*config) func(*Worker) error) error {
 		return fmt.Errorf("flock: %s is not supported (flock needs Linux: SO_REUSEPORT balancing, /proc/self/exe, PR_SET_PDEATHSIG)", runtime.GOOS)
 	}
 	c, err := o.resolve(os.Getenv)
+	if err == nil {
+		err = c.resolveGroups(nil)
+	}
 	if err != nil {
 		return err
 	}

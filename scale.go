@@ -8,10 +8,10 @@ import (
 
 // Scaling: TTIN adds a slot, TTOU (and the stop command) retire one.
 
-// addSlot adds a slot and starts its worker. During a roll of every
+// addSlot adds a slot to g and starts its worker. During a roll of every
 // worker it starts from the roll's binary and the roll waits for it too,
 // so that after a roll every worker runs the same binary.
-func (m *master) addSlot() error {
+func (m *master) addSlot(g *group) error {
 	need := fdsToStart + len(m.addrs) - len(m.spares) // and its sockets, but for spares
 	if need < fdsToStart {
 		need = fdsToStart
@@ -19,7 +19,7 @@ func (m *master) addSlot() error {
 	err := checkFDs("one more worker", need)
 	var s *slot
 	if err == nil {
-		s, err = m.newSlot()
+		s, err = m.newSlot(g)
 	}
 	if err != nil {
 		m.quiet.log(m.log, slog.LevelError, "ttin", "flock: cannot add a worker", "err", err)
@@ -42,13 +42,14 @@ func (m *master) addSlot() error {
 // removeSlot takes one slot away: preferably one with no worker (given
 // up, or waiting to be re-forked), otherwise the oldest worker's.
 func (m *master) removeSlot() {
-	if m.activeSlots() <= 1 {
+	g := m.groups[0]
+	if m.groupSlots(g) <= 1 {
 		m.log.Info("flock: TTOU ignored: never fewer than one worker")
 		return
 	}
 	var victim *slot
 	for _, s := range m.slots {
-		if s.state == slotRetiring {
+		if s.state == slotRetiring || s.g != g {
 			continue
 		}
 		w := s.serving()

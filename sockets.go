@@ -41,7 +41,7 @@ type spare struct {
 	ln int
 }
 
-// bindAll creates the first Workers slots, resolving port 0 once per
+// bindAll creates each group's first slots, resolving port 0 once per
 // listener so that every slot shares the same port. A busy port on any
 // listener fails before a worker starts.
 func (m *master) bindAll() error {
@@ -61,21 +61,23 @@ func (m *master) bindAll() error {
 		closeFiles(files)
 		return err
 	}
-	for range m.c.Workers {
-		if _, err := m.newSlot(); err != nil {
-			m.closeSockets()
-			return err
+	for _, g := range m.groups {
+		for range g.workers {
+			if _, err := m.newSlot(g); err != nil {
+				m.closeSockets()
+				return err
+			}
 		}
 	}
 	return nil
 }
 
-// newSlot adds a slot with one socket per listener: a spare if there is
-// one (its queue is then served again), else a new one. It starts idle,
-// from the master's binary.
-func (m *master) newSlot() (*slot, error) {
+// newSlot adds a slot to g with one socket per listener of g: a spare if
+// there is one (its queue is then served again), else a new one. It
+// starts idle, from the master's binary.
+func (m *master) newSlot(g *group) (*slot, error) {
 	socks := make([]*os.File, len(m.addrs))
-	for i := range m.addrs {
+	for i := g.lo; i < g.hi; i++ {
 		if j := slices.IndexFunc(m.spares, func(sp spare) bool { return sp.ln == i }); j >= 0 {
 			socks[i] = m.spares[j].f
 			m.spares = slices.Delete(m.spares, j, j+1)
@@ -88,16 +90,16 @@ func (m *master) newSlot() (*slot, error) {
 		}
 		socks[i] = f
 	}
-	s := &slot{id: m.nextSlot, socks: socks, bin: m.bin, gone: make(chan struct{})}
+	s := &slot{id: m.nextSlot, g: g, socks: socks, bin: m.bin, gone: make(chan struct{})}
 	m.nextSlot++
 	m.slots = append(m.slots, s)
 	return s, nil
 }
 
-// bindSlot binds a fresh socket for each listener.
-func (m *master) bindSlot() ([]*os.File, error) {
+// bindSlot binds a fresh socket for each listener of g.
+func (m *master) bindSlot(g *group) ([]*os.File, error) {
 	socks := make([]*os.File, len(m.addrs))
-	for i := range m.addrs {
+	for i := g.lo; i < g.hi; i++ {
 		f, err := m.bind(i)
 		if err != nil {
 			closeFiles(socks)
@@ -172,6 +174,9 @@ func (m *master) retireSocket(s *slot) {
 		return
 	}
 	for i, f := range s.socks {
+		if f == nil {
+			continue // another group's listener
+		}
 		if m.addrs[i].shared != nil {
 			f.Close() // a copy: the queue is the shared socket's, which the others serve
 			continue
@@ -194,24 +199,25 @@ type spareTaker interface {
 // replaced, readiness-gated: its replacement starts with every spare, so
 // that what is queued on them is served.
 func (m *master) shareSpares() {
-	var lacking *worker
-	served := len(m.spares) == 0
+	lacking := map[*group]*worker{}
+	served := map[*group]bool{}
 	for _, w := range m.workers {
+		g := w.slot.g
 		if w.going() {
 			continue
 		}
 		t, ok := w.p.(spareTaker)
 		if !ok {
 			if m.hasSpares(w) {
-				served = true
+				served[g] = true
 			} else if w.state == workerReady && w.slot.w == w && w.slot.state == slotActive {
-				lacking = w
+				lacking[g] = w
 			}
 			continue
 		}
-		served = true
+		served[g] = true
 		for _, sp := range m.spares {
-			if slices.Contains(w.spares, sp.f) {
+			if !g.owns(sp.ln) || slices.Contains(w.spares, sp.f) {
 				continue
 			}
 			if err := t.TakeSpare(sp.f, sp.ln); err != nil {
@@ -221,14 +227,17 @@ func (m *master) shareSpares() {
 			w.spares = append(w.spares, sp.f)
 		}
 	}
-	if !served && lacking != nil {
-		m.adoptSpares(lacking)
+	for g, w := range lacking {
+		if !served[g] {
+			m.adoptSpares(w)
+		}
 	}
 }
 
+// hasSpares reports whether w has every spare of its group.
 func (m *master) hasSpares(w *worker) bool {
 	for _, sp := range m.spares {
-		if !slices.Contains(w.spares, sp.f) {
+		if w.slot.g.owns(sp.ln) && !slices.Contains(w.spares, sp.f) {
 			return false
 		}
 	}

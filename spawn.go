@@ -33,15 +33,17 @@ type launcher interface {
 
 // launchSpec is what a launcher needs to start one worker.
 type launchSpec struct {
-	bin     *binary
-	slot    int
-	env     []string   // the environment, without the launcher's own variables
-	socks   []*os.File // the slot's sockets, one per listener
-	spares  []spare
-	cred    *syscall.Credential
-	program string           // Supervise's program, as found now
-	out     chan<- procEvent // what the process says, then its exit, in that order
-	done    <-chan struct{}  // closed when the master stops: senders give up
+	bin        *binary
+	slot       int
+	env        []string   // the environment, without the launcher's own variables
+	socks      []*os.File // the slot's sockets, one per listener of its group
+	names      []string   // their listeners'
+	spares     []spare    // those of its group's listeners
+	spareNames []string
+	cred       *syscall.Credential
+	program    string           // Supervise's program, as found now
+	out        chan<- procEvent // what the process says, then its exit, in that order
+	done       <-chan struct{}  // closed when the master stops: senders give up
 }
 
 // procEvent is something a worker process said or did.
@@ -105,23 +107,33 @@ func (m *master) spawn(s *slot, bin *binary, boot time.Duration) (*worker, error
 	if err := checkFDs("a new worker", fdsToStart); err != nil {
 		return nil, err
 	}
-	spec := launchSpec{bin: bin, slot: s.id, env: m.workerEnv(), socks: s.socks, spares: m.spares,
-		cred: m.c.credential(), out: m.procs, done: m.done}
-	if m.c.program != nil {
-		path, err := m.c.program.resolve()
+	g := s.g
+	spec := launchSpec{bin: bin, slot: s.id, env: m.workerEnv(), cred: m.c.credential(), out: m.procs, done: m.done}
+	for i, f := range s.socks {
+		if f != nil {
+			spec.socks, spec.names = append(spec.socks, f), append(spec.names, m.addrs[i].name)
+		}
+	}
+	for _, sp := range m.spares {
+		if g.owns(sp.ln) {
+			spec.spares, spec.spareNames = append(spec.spares, sp), append(spec.spareNames, m.addrs[sp.ln].name)
+		}
+	}
+	if g.program != nil {
+		path, err := g.program.resolve()
 		if err != nil {
 			return nil, err
 		}
 		spec.program = path
 	}
-	p, err := m.launcher.launch(spec)
+	p, err := g.launcher.launch(spec)
 	if err != nil {
-		return nil, startError(m.exe(bin), err)
+		return nil, startError(exe(g, bin), err)
 	}
 	m.seq++
 	now := time.Now()
 	w := &worker{p: p, seq: m.seq, slot: s, bin: bin, program: spec.program, started: now, lastSeen: now, limits: m.newLimits()}
-	for _, sp := range m.spares {
+	for _, sp := range spec.spares {
 		w.spares = append(w.spares, sp.f)
 	}
 	w.timer = m.after(boot, func() { m.bootTimedOut(w, boot) })

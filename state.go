@@ -13,8 +13,9 @@ import (
 // needs (the worker, its replacement, the re-fork timer) is set with it.
 type slot struct {
 	id       int
+	g        *group
 	state    slotState
-	socks    []*os.File  // one per listener; nil once given up or retired
+	socks    []*os.File  // one per listener, nil for the other groups'; nil once given up or retired
 	w        *worker     // the worker serving the slot (active, replacing, retiring)
 	next     *worker     // its replacement, while that boots (replacing, retiring)
 	bin      *binary     // what the slot's workers start from: its last ready worker's

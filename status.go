@@ -75,6 +75,7 @@ type WorkerStatus struct {
 	PID     int         `json:"pid"`
 	ID      int         `json:"id"` // fork order from 1, as node-cluster-service numbers workers
 	Slot    int         `json:"slot"`
+	Group   string      `json:"group"` // its worker group: Supervise's program's name, or "main" (Serve, Run)
 	State   WorkerState `json:"state"`
 	Started time.Time   `json:"started"`
 	Binary  Binary      `json:"binary"`            // what it runs (for Supervise, the program, without ID)
@@ -165,7 +166,7 @@ func (m *master) publish() {
 		if w.program != "" {
 			bin = Binary{Path: w.program}
 		}
-		s.workers = append(s.workers, workerSnap{WorkerStatus{PID: w.p.Pid(), ID: w.seq, Slot: w.slot.id, State: st,
+		s.workers = append(s.workers, workerSnap{WorkerStatus{PID: w.p.Pid(), ID: w.seq, Slot: w.slot.id, Group: w.slot.g.name, State: st,
 			Started: w.started, Binary: bin, Message: w.message, Requests: w.counts.Requests, Connections: w.counts.Connections,
 			ConnectionsOpen: w.counts.Open, HeapTotal: w.counts.HeapTotal, HeapUsed: w.counts.HeapUsed}, w.rates})
 	}

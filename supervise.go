@@ -44,7 +44,7 @@ func (m *master) onProc(e procEvent) {
 func (m *master) fork(s *slot, why StartReason) {
 	w, err := m.spawn(s, s.bin, m.c.BootTimeout)
 	if err != nil {
-		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", m.exe(s.bin), "err", err)
+		m.log.Error("flock: cannot start worker", "slot", s.id, "exe", exe(s.g, s.bin), "err", err)
 		m.crashed(s, nil)
 		return
 	}

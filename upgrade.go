@@ -43,6 +43,11 @@ type upgradeSpec struct {
 	SpareOf   []int    `json:"spareOf"`   // the listener (index in Names) of each spare, after the slots
 	Listeners []string `json:"listeners"` // extensions' listeners, by name, after the spares
 	Shared    []string `json:"shared"`    // the listeners whose slots share one socket (systemd's)
+	// Per slot, its group and the listeners of the sockets it hands down,
+	// in order. A master from before groups sent neither: each of its
+	// slots has every listener of Names, and is the first group's.
+	SlotGroups []string   `json:"slotGroups,omitempty"`
+	SlotNames  [][]string `json:"slotNames,omitempty"`
 }
 
 // upgrades is the master's part in USR2, from either side.
@@ -67,7 +72,8 @@ type inherited struct {
 	upgradeSpec
 	pipe      *os.File
 	monitor   *os.File
-	slots     [][]*os.File // per slot, per name
+	slots     [][]*os.File // per slot, per name in slotNames
+	slotNames [][]string
 	spares    []*os.File
 	listeners map[string]*os.File
 }
@@ -121,15 +127,21 @@ func (m *master) startUpgrade() {
 			continue // TTOU: its sockets are retired
 		case slotGaveUp:
 			var err error
-			if socks, err = m.bindSlot(); err != nil {
+			if socks, err = m.bindSlot(s.g); err != nil {
 				r.Close()
 				fail(err)
 				return
 			}
 			fresh = append(fresh, socks...)
 		}
-		files = append(files, socks...)
+		var names []string
+		for i, f := range socks {
+			if f != nil {
+				files, names = append(files, f), append(names, m.addrs[i].name)
+			}
+		}
 		spec.Slots++
+		spec.SlotGroups, spec.SlotNames = append(spec.SlotGroups, s.g.name), append(spec.SlotNames, names)
 	}
 	for _, sp := range m.spares {
 		files = append(files, sp.f)
@@ -244,12 +256,16 @@ func inheritance() (*inherited, error) {
 	if inh.Monitor {
 		inh.monitor = next("flock-monitor")
 	}
-	for range inh.Slots {
+	for k := range inh.Slots {
+		names := inh.Names
+		if inh.SlotNames != nil {
+			names = inh.SlotNames[k]
+		}
 		var socks []*os.File
-		for range inh.Names {
+		for range names {
 			socks = append(socks, next("flock-slot"))
 		}
-		inh.slots = append(inh.slots, socks)
+		inh.slots, inh.slotNames = append(inh.slots, socks), append(inh.slotNames, names)
 	}
 	for range inh.SpareOf {
 		inh.spares = append(inh.spares, next("flock-spare"))
@@ -269,16 +285,25 @@ func (inh *inherited) listener(name string) *os.File {
 	return inh.listeners[name]
 }
 
-// inherit takes the inherited slot sockets instead of binding new ones,
-// each listener's by name.
+// inherit takes the inherited slot sockets instead of binding new ones:
+// each slot back into its group (by name), each socket to its listener
+// (by name). A listener or group this version adds is bound and started
+// as on a first start; sockets of ones it dropped are closed.
 func (m *master) inherit(inh *inherited) error {
-	from := make([]int, len(m.c.listeners)) // index in inh.Names, or -1
-	for i, l := range m.c.listeners {
-		from[i] = slices.Index(inh.Names, l.Name)
+	// An inherited socket of each listener, for its address.
+	some := map[string]*os.File{}
+	for k, files := range inh.slots {
+		for j, f := range files {
+			if name := inh.slotNames[k][j]; some[name] == nil {
+				some[name] = f
+			}
+		}
+	}
+	for _, l := range m.c.listeners {
 		host, _, _ := net.SplitHostPort(l.Addr)
 		b := &bound{name: l.Name, host: host}
-		if from[i] >= 0 && len(inh.slots) > 0 {
-			sa, err := sockName(inh.slots[0][from[i]])
+		if f := some[l.Name]; f != nil {
+			sa, err := sockName(f)
 			if err != nil {
 				return fmt.Errorf("flock: inherited socket of %q: %v", l.Name, err)
 			}
@@ -286,7 +311,7 @@ func (m *master) inherit(inh *inherited) error {
 				b.ip = nil
 			}
 			if slices.Contains(inh.Shared, l.Name) {
-				if b.shared, err = dupFile(inh.slots[0][from[i]], "systemd-socket"); err != nil {
+				if b.shared, err = dupFile(f, "systemd-socket"); err != nil {
 					return fmt.Errorf("flock: inherited socket of %q: %v", l.Name, err)
 				}
 			}
@@ -299,12 +324,24 @@ func (m *master) inherit(inh *inherited) error {
 		}
 		m.addrs = append(m.addrs, b)
 	}
-	for _, files := range inh.slots {
+	index := func(name string) int { return slices.IndexFunc(m.addrs, func(b *bound) bool { return b.name == name }) }
+	for k, files := range inh.slots {
+		g := m.groups[0]
+		if inh.SlotGroups != nil {
+			g = m.group(inh.SlotGroups[k])
+		}
 		socks := make([]*os.File, len(m.addrs))
-		for i, j := range from {
-			if j >= 0 {
-				socks[i], files[j] = files[j], nil
-			} else {
+		for j, f := range files {
+			if i := index(inh.slotNames[k][j]); g != nil && i >= 0 && g.owns(i) {
+				socks[i], files[j] = f, nil
+			}
+		}
+		closeFiles(files) // listeners or a group this version no longer has
+		if g == nil {
+			continue
+		}
+		for i := g.lo; i < g.hi; i++ {
+			if socks[i] == nil {
 				f, err := m.bind(i) // a listener this version adds
 				if err != nil {
 					closeFiles(socks)
@@ -313,12 +350,22 @@ func (m *master) inherit(inh *inherited) error {
 				socks[i] = f
 			}
 		}
-		closeFiles(files) // listeners this version no longer has
-		m.slots = append(m.slots, &slot{id: m.nextSlot, socks: socks, bin: m.bin, gone: make(chan struct{})})
+		m.slots = append(m.slots, &slot{id: m.nextSlot, g: g, socks: socks, bin: m.bin, gone: make(chan struct{})})
 		m.nextSlot++
 	}
+	for _, g := range m.groups { // a group this version adds
+		if m.groupSlots(g) > 0 {
+			continue
+		}
+		for range g.workers {
+			if _, err := m.newSlot(g); err != nil {
+				return err
+			}
+		}
+	}
 	for k, f := range inh.spares {
-		if i := slices.Index(from, inh.SpareOf[k]); i >= 0 {
+		if ln := inh.SpareOf[k]; ln >= 0 && ln < len(inh.Names) && index(inh.Names[ln]) >= 0 {
+			i := index(inh.Names[ln])
 			m.spares = append(m.spares, spare{f, i})
 		} else {
 			f.Close()
