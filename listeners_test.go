@@ -34,11 +34,7 @@ func TestTwoListenersUnderLoad(t *testing.T) {
 	a.WaitFor("a worker gone", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("reason") == string(ExitScaleDown) })
 	main.WaitRequests(200)
 	second.WaitRequests(200)
-	for name, l := range map[string]*flocktest.LoadRun{"main": main, "admin": second} {
-		res := l.Stop()
-		t.Logf("%s: %s", name, res)
-		assert.Zero(t, res.Failed.Load(), "%s: %s", name, res)
-	}
+	flocktest.NoFailures(t, "HUP and TTOU", map[string]*flocktest.LoadRun{"main": main, "admin": second})
 }
 
 // A busy port on any listener fails Serve before a worker starts, naming

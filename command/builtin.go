@@ -27,9 +27,9 @@ func builtins(s *surface) []Command {
 		{Name: "workers", Usage: "[simple|details]", Help: "Returns list of active worker processes.",
 			Args: []Arg{{"simple|details", "Defaults to 'simple'."}, {"* simple", "Simple overview of running workers."},
 				{"* details", "Full details of every worker, draining ones included."}}, Run: workers},
-		{Name: "start", Usage: "[count]", Help: "Start more workers of this program, one more slot each.",
-			Args: []Arg{{"count", "The number of workers to start, 1 if not given."}}, Run: start},
-		{Name: "restart", Usage: `all|pid [{"timeout":ms}]`, Help: "Gracefully restart workers, each new one ready before its old one drains; stops at the first that is not ready within timeout, leaving the rest serving.",
+		{Name: "start", Usage: `[group] [count|{"count":n}]`, Help: "Start more workers, one more slot each: of the first worker group, or of the one named.",
+			Args: []Arg{{"group", "The worker group; the first (TTIN's) if not given."}, {"count", "The number of workers to start, 1 if not given."}}, Run: start},
+		{Name: "restart", Usage: `all|pid|group [{"timeout":ms}]`, Help: "Gracefully restart workers, each new one ready before its old one drains; stops at the first that is not ready within timeout, leaving the rest serving.",
 			Args: []Arg{target("restart"), options, timeout}, Run: restart},
 		{Name: "upgrade", Usage: `all|pid [path] [{"timeout":ms}]`, Help: "Gracefully restart workers from the executable at path (default: the one on disk now).",
 			Args: []Arg{target("upgrade"), {"path", "The executable of the new workers; default: the file now at the program's path."}, options, timeout}, Run: upgrade},
@@ -50,24 +50,45 @@ func health(_ context.Context, c *flock.Controller, args []any) (any, error) {
 }
 
 func start(_ context.Context, c *flock.Controller, args []any) (any, error) {
-	n := 1
+	group, n := "", 1.0
+	if len(args) > 0 {
+		if g, ok := args[0].(string); ok {
+			group, args = g, args[1:]
+		}
+	}
 	if len(args) > 1 {
 		return nil, errUsage
 	}
 	if len(args) == 1 {
-		f, ok := args[0].(float64)
-		if !ok || f < 1 || f != float64(int(f)) || f > 1024 {
-			return nil, fmt.Errorf("%w (count: a whole number from 1 to 1024)", errUsage)
+		switch v := args[0].(type) {
+		case float64:
+			n = v
+		case map[string]any: // node-cluster-service's {"count": n}
+			for k, x := range v {
+				f, ok := x.(float64)
+				if k != "count" || !ok {
+					return nil, fmt.Errorf("%w (the options are {\"count\": n})", errUsage)
+				}
+				n = f
+			}
+		default:
+			return nil, errUsage
 		}
-		n = int(f)
 	}
-	if err := c.AddWorkers(n); err != nil {
+	if n < 1 || n != float64(int(n)) || n > 1024 {
+		return nil, fmt.Errorf("%w (count: a whole number from 1 to 1024)", errUsage)
+	}
+	if err := c.AddGroupWorkers(group, int(n)); err != nil {
 		return nil, err
 	}
-	return count(n) + " starting", nil
+	return count(int(n)) + " starting", nil
 }
 
 func restart(_ context.Context, c *flock.Controller, args []any) (any, error) {
+	group := ""
+	if g, ok := first(args).(string); ok && g != "all" {
+		group, args[0] = g, "all"
+	}
 	pids, timeout, rest, err := target(args)
 	if err != nil {
 		return nil, err
@@ -75,7 +96,14 @@ func restart(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	if len(rest) > 0 {
 		return nil, errUsage
 	}
-	return replaced(c.Restart(flock.RestartOptions{PIDs: pids, Timeout: timeout}))("restarted")
+	return replaced(c.Restart(flock.RestartOptions{PIDs: pids, Group: group, Timeout: timeout}))("restarted")
+}
+
+func first(args []any) any {
+	if len(args) == 0 {
+		return nil
+	}
+	return args[0]
 }
 
 func upgrade(_ context.Context, c *flock.Controller, args []any) (any, error) {

@@ -181,9 +181,9 @@ func TestStatusCodes(t *testing.T) {
 	assert.Equal(t, "Not found. Try /help", body)
 
 	for line, want := range map[string]string{
-		"restart GG":               `usage: restart all|pid [{"timeout":ms}]`,
-		"restart":                  `usage: restart all|pid [{"timeout":ms}]`,
-		`restart all {"wait":1}`:   `usage: restart all|pid [{"timeout":ms}] (the options are {"timeout": milliseconds})`,
+		"restart GG":               `no such group "GG" (the groups are ["main"])`,
+		"restart":                  `usage: restart all|pid|group [{"timeout":ms}]`,
+		`restart all {"wait":1}`:   `usage: restart all|pid|group [{"timeout":ms}] (the options are {"timeout": milliseconds})`,
 		"restart 999999":           "no worker with pid 999999",
 		"shutdown 999999":          "no worker with pid 999999",
 		"exit later":               "usage: exit now",
@@ -217,7 +217,7 @@ func TestCommands(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(ok("help")), &help))
 	assert.Contains(t, help.Commands, "greet")
 	assert.NotContains(t, help.Commands, "start", "disabled")
-	assert.Contains(t, ok("help restart"), `restart all|pid [{\"timeout\":ms}]`)
+	assert.Contains(t, ok("help restart"), `restart all|pid|group [{\"timeout\":ms}]`)
 
 	var info map[string]any
 	require.NoError(t, json.Unmarshal([]byte(ok("info")), &info))
@@ -383,8 +383,8 @@ func TestConsole(t *testing.T) {
 	require.True(t, shows("flock> "), "no prompt")
 	ptm.Write([]byte("health\n"))
 	assert.True(t, shows("OK"), "no answer to health")
-	ptm.Write([]byte("restart GG\n"))
-	assert.True(t, shows(`usage: restart all|pid [{"timeout":ms}]`))
+	ptm.Write([]byte("restart 1.5\n"))
+	assert.True(t, shows(`usage: restart all|pid|group [{"timeout":ms}]`))
 	ptm.Write([]byte("exit now\n"))
 	assert.Equal(t, 130, a.ExitCode(10*time.Second), "exit (level local) runs from the console")
 }

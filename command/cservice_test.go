@@ -88,7 +88,7 @@ func TestCserviceCompatibility(t *testing.T) {
 	assert.Subset(t, help.Commands, []string{"exit", "health", "help", "info", "restart", "shutdown", "start", "upgrade", "version", "workers"})
 	var helpRestart map[string]string
 	run("help restart", &helpRestart)
-	assert.Equal(t, `restart all|pid [{"timeout":ms}]`, helpRestart["command"])
+	assert.Equal(t, `restart all|pid|group [{"timeout":ms}]`, helpRestart["command"])
 	assert.NotEmpty(t, helpRestart["info"])
 	var helpBogus map[string]string
 	run("help bogus", &helpBogus)
@@ -152,7 +152,7 @@ func TestCserviceCompatibility(t *testing.T) {
 	}
 	for line, want := range map[string]failure{
 		"bogus":      {404, "Not found. Try /help"},
-		"restart GG": {400, `usage: restart all|pid [{"timeout":ms}]`},
+		"restart GG": {400, `no such group "GG" (the groups are ["main"])`},
 		"exit later": {400, "usage: exit now"},
 	} {
 		var got failure

@@ -172,7 +172,7 @@ func workers(_ context.Context, c *flock.Controller, args []any) (any, error) {
 				{"net", object{{"requests", st.requests}, {"connections", st.connections},
 					{"connectionsOpen", st.connectionsOpen}, {"avgRequests", st.avgRequests}, {"avgConnections", st.avgConnections}}},
 			}},
-			{"slot", w.Slot}, {"started", w.Started}, {"binary", w.Binary}, {"flockState", w.State},
+			{"slot", w.Slot}, {"group", w.Group}, {"started", w.Started}, {"binary", w.Binary}, {"flockState", w.State},
 		}
 		if details {
 			entry = append(entry, field{"details", w})

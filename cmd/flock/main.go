@@ -15,7 +15,9 @@
 // for the program); flags given on the command line win over it, an
 // unknown key is an error naming it, and the program's working directory
 // is the file's folder unless "dir" says otherwise (as node-cluster-service
-// resolves a worker's path).
+// resolves a worker's path). Its "workers" may instead be an object of
+// worker groups, several programs under one master, as
+// node-cluster-service's (groups.go).
 //
 // Exit status: 0 after a graceful shutdown, 130 after SIGINT, 1 when it
 // could not start (busy port, program not found) or every worker kept
@@ -23,6 +25,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -67,10 +70,10 @@ func parse(args []string) (flock.Program, *cli.Flags, error) {
 	var f cli.Flags
 	var p flock.Program
 	f.Register(fs, false)
-	config := fs.String("config", "", "read flags from this JSON file (keys: the flags' names, and \"program\" and \"env\")")
+	config := fs.String("config", "", "read flags from this JSON file (keys: the flags' names, \"program\", \"env\", and \"workers\" as an object of worker groups)")
 	fs.StringVar(&p.Dir, "dir", "", "the program's working directory (default: the master's, or the config file's folder)")
 	fs.StringVar(&p.Name, "name", "", "label of the program's output lines (default: the program's file name)")
-	fs.Var(cli.Duration{D: &p.Ready, Names: map[string]time.Duration{"notify": flock.ReadyNotify, "now": flock.ReadyAtOnce}}, "ready",
+	fs.Var(readyFlag(&p.Ready), "ready",
 		"when a new worker counts as ready: notify (at READY=1), now, or a duration (then, or at READY=1 if sooner; default 1s)")
 	fs.BoolVar(&p.Watchdog, "watchdog", false, "kill and replace a worker silent (no WATCHDOG=1) for -timeout; it gets WATCHDOG_USEC")
 	fs.Var(signal{&p.StopSignal}, "stop-signal", "signal asking a worker to drain and exit (default TERM)")
@@ -81,9 +84,32 @@ func parse(args []string) (flock.Program, *cli.Flags, error) {
 	}
 	cmd := fs.Args()
 	if *config != "" {
-		rest, err := cli.LoadConfig(fs, *config, "program", "env")
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		rest, err := cli.LoadConfig(fs, *config, "program", "env", "workers", "signals")
 		if err != nil {
 			return p, nil, err
+		}
+		if raw, ok := rest["workers"]; ok && !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
+			if !set["workers"] { // a number, as the flag
+				if err := fs.Set("workers", string(bytes.TrimSpace(raw))); err != nil {
+					return p, nil, fmt.Errorf("%s: key \"workers\": %w", *config, err)
+				}
+			}
+		} else if ok {
+			if len(cmd) > 0 || rest["program"] != nil {
+				return p, nil, fmt.Errorf("%s: worker groups (\"workers\") and a program (the command line's, or \"program\"): give one", *config)
+			}
+			groups, err := readGroups(raw)
+			if err != nil {
+				return p, nil, fmt.Errorf("%s: key \"workers\": %w", *config, err)
+			}
+			var signals string
+			if raw, ok := rest["signals"]; ok && json.Unmarshal(raw, &signals) != nil {
+				return p, nil, fmt.Errorf("%s: key \"signals\": want the name of a worker group", *config)
+			}
+			p, err = applyGroups(*config, groups, signals, &f, set)
+			return p, &f, err
 		}
 		if err := fromConfig(*config, rest, &p, &cmd); err != nil {
 			return p, nil, err
@@ -121,6 +147,11 @@ func fromConfig(path string, rest map[string]json.RawMessage, p *flock.Program, 
 		p.Dir = filepath.Dir(abs)
 	}
 	return nil
+}
+
+// readyFlag is -ready: a duration, notify or now.
+func readyFlag(d *time.Duration) cli.Duration {
+	return cli.Duration{D: d, Names: map[string]time.Duration{"notify": flock.ReadyNotify, "now": flock.ReadyAtOnce}}
 }
 
 type signal struct{ s *syscall.Signal }

@@ -3,10 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,11 +102,7 @@ func TestSocketActivatedMasterRestarts(t *testing.T) {
 	start()
 	fresh.WaitRequests(200)
 	kept.WaitRequests(200)
-	for name, l := range map[string]*flocktest.LoadRun{"new connection per request": fresh, "keep-alive": kept} {
-		res := l.Stop()
-		t.Logf("a full restart of the master under load, %s: %s", name, res)
-		assert.Zero(t, res.Failed.Load(), "%s: %s", name, res)
-	}
+	flocktest.NoFailures(t, "a full restart of the master under load", map[string]*flocktest.LoadRun{"new connection per request": fresh, "keep-alive": kept})
 }
 
 // USR2 upgrades flock itself: a new master from the binary on disk takes
@@ -120,11 +120,7 @@ func TestUSR2(t *testing.T) {
 	assert.Equal(t, 0, a.ExitCode(30*time.Second), "the old master exits 0 once it has drained")
 	fresh.WaitRequests(200)
 	kept.WaitRequests(200)
-	for name, l := range map[string]*flocktest.LoadRun{"new connection per request": fresh, "keep-alive": kept} {
-		res := l.Stop()
-		t.Logf("USR2 under load, %s: %s", name, res)
-		assert.Zero(t, res.Failed.Load(), "%s: %s", name, res)
-	}
+	flocktest.NoFailures(t, "USR2 under load", map[string]*flocktest.LoadRun{"new connection per request": fresh, "keep-alive": kept})
 	pid, err := flocktest.Get(a.URL("/"))
 	require.NoError(t, err)
 	assert.NotContains(t, old, pid, "the new master's workers serve")
@@ -296,4 +292,163 @@ func TestConfigFile(t *testing.T) {
 	a.Signal(syscall.SIGTERM)
 	assert.Equal(t, 0, a.ExitCode(20*time.Second))
 	assert.Len(t, a.Events("forked"), 2, "the command line's -workers wins over the file's")
+}
+
+// Worker groups from a config file (node-cluster-service's "workers"): a
+// web server and a worker with no socket under one master. TTIN acts on
+// the web group; HUP rolls both; a killed worker of either is re-forked;
+// the command surface starts and restarts a group by name; TERM stops all.
+func TestWorkerGroups(t *testing.T) {
+	need(t, "node")
+	python := need(t, "python3")
+	dir := t.TempDir()
+	server, err := filepath.Abs("../../example/node/server.js")
+	require.NoError(t, err)
+	// The queue consumer: no socket; it says which variables it got.
+	consumer := `import os, signal, sys
+print("consumer %d LISTEN_FDS=%s" % (os.getpid(), os.environ.get("LISTEN_FDS")), file=sys.stderr, flush=True)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    signal.pause()`
+	cfg := filepath.Join(dir, "flock.json")
+	js, err := json.Marshal(map[string]any{
+		"access-key":   "k",
+		"command-addr": "127.0.0.1:0",
+		"workers": map[string]any{
+			"web":  map[string]any{"program": []string{"node", server}, "count": 2, "addr": "127.0.0.1:0"},
+			"jobs": map[string]any{"program": []string{python, "-c", consumer}, "ready": "now"},
+		},
+	})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cfg, js, 0o644))
+	a := flocktest.Start(t, exec.Command(os.Args[0], "-log-json", "-monitor", "127.0.0.1:0", "-shutdown-timeout", "20s", "-config", cfg),
+		envAsFlock+"=1")
+	a.Started(3)
+	groups := func() map[string][]int {
+		var st struct {
+			Workers []struct {
+				PID          int
+				Group, State string
+			}
+		}
+		_, body, _ := a.Mon("GET", "/")
+		require.NoError(t, json.Unmarshal([]byte(body), &st))
+		out := map[string][]int{}
+		for _, w := range st.Workers {
+			if w.State == "ready" {
+				out[w.Group] = append(out[w.Group], w.PID)
+			}
+		}
+		return out
+	}
+	g := groups()
+	require.Len(t, g["web"], 2)
+	require.Len(t, g["jobs"], 1)
+	a.WaitFor("the consumer's line", 10*time.Second, func(r flocktest.Rec) bool {
+		return r.Str("msg") == fmt.Sprintf("consumer %d LISTEN_FDS=None", g["jobs"][0])
+	})
+	flocktest.WaitServed(a, 10*time.Second)
+
+	load := flocktest.StartLoad(t, a.URL("/"), 4, false)
+	load.WaitRequests(100)
+	a.SignalUntil(syscall.SIGTTIN, "a web worker more", func(r flocktest.Rec) bool { return r.Str("event") == "scaled" })
+	a.WaitUntil("3 web workers", 20*time.Second, func() bool { return len(groups()["web"]) == 3 })
+	assert.Len(t, groups()["jobs"], 1, "TTIN is the web group's")
+
+	a.SignalUntil(syscall.SIGHUP, "the roll", func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
+	a.WaitUntil("every worker replaced", 20*time.Second, func() bool {
+		now := groups()
+		return len(now["web"]) == 3 && len(now["jobs"]) == 1 && !slices.Contains(now["jobs"], g["jobs"][0])
+	})
+	load.WaitRequests(100)
+	res := load.Stop()
+	t.Logf("TTIN and HUP under load: %s", res)
+	assert.Zero(t, res.Failed.Load(), res.String())
+
+	job := groups()["jobs"][0]
+	require.NoError(t, syscall.Kill(job, syscall.SIGKILL))
+	a.WaitUntil("the consumer re-forked", 20*time.Second, func() bool {
+		now := groups()["jobs"]
+		return len(now) == 1 && now[0] != job
+	})
+
+	cmdAddr := a.WaitFor("the command endpoint", 10*time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "command: endpoint listening" }).Str("addr")
+	call := func(line string) (int, string) {
+		resp, err := http.Post("http://"+cmdAddr+"/cli?accessKey=k&cmd="+url.QueryEscape(line), "", nil)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := call(`start jobs {"count":1}`)
+	assert.Equal(t, 200, code, body)
+	a.WaitUntil("2 consumers", 20*time.Second, func() bool { return len(groups()["jobs"]) == 2 })
+	before := groups()["jobs"]
+	code, body = call("restart jobs")
+	assert.Equal(t, 200, code, body)
+	assert.Equal(t, `"2 workers restarted successfully"`, body)
+	now := groups()
+	assert.Len(t, now["web"], 3)
+	for _, pid := range now["jobs"] {
+		assert.NotContains(t, before, pid, "restart jobs replaced the consumers")
+	}
+	code, body = call("start nope")
+	assert.Equal(t, 400, code)
+	assert.Contains(t, body, `no such group "nope" (the groups are ["web" "jobs"])`)
+
+	a.Signal(syscall.SIGTERM)
+	assert.Equal(t, 0, a.ExitCode(30*time.Second))
+}
+
+// USR2 hands each slot back to its group: the new master runs the same
+// groups, on the same sockets, and no request fails.
+func TestWorkerGroupsSurviveUSR2(t *testing.T) {
+	need(t, "node")
+	python := need(t, "python3")
+	server, err := filepath.Abs("../../example/node/server.js")
+	require.NoError(t, err)
+	cfg := filepath.Join(t.TempDir(), "flock.json")
+	js, err := json.Marshal(map[string]any{"workers": map[string]any{
+		"jobs": map[string]any{"program": []string{python, "-c", "import signal\nwhile True: signal.pause()"}, "ready": "now", "count": 2},
+		"web":  map[string]any{"program": []string{"node", server}, "count": 2, "addr": "127.0.0.1:0", "listen": []string{"admin=127.0.0.1:0"}},
+	}})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cfg, js, 0o644))
+	a := flocktest.Start(t, exec.Command(os.Args[0], "-log-json", "-monitor", "127.0.0.1:0", "-config", cfg), envAsFlock+"=1")
+	a.Started(4)
+	var st struct {
+		Listeners []struct{ Name, Addr string }
+	}
+	_, body, _ := a.Mon("GET", "/")
+	require.NoError(t, json.Unmarshal([]byte(body), &st))
+	require.Len(t, st.Listeners, 2)
+	assert.Equal(t, "main", st.Listeners[0].Name, "the group the signals act on is the first with an address, and its address the main listener")
+	load := flocktest.StartLoad(t, a.URL("/"), 4, false)
+	admin := flocktest.StartLoad(t, "http://"+st.Listeners[1].Addr+"/", 2, true)
+	load.WaitRequests(100)
+	admin.WaitRequests(100)
+	a.Signal(syscall.SIGUSR2)
+	assert.Equal(t, 0, a.ExitCode(30*time.Second))
+	load.WaitRequests(100)
+	admin.WaitRequests(100)
+	flocktest.NoFailures(t, "USR2 with two groups", map[string]*flocktest.LoadRun{"web": load, "admin": admin})
+	heir := a.WaitFor("the handover", time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "upgrade" && r.Str("reason") == "handed over" }).Int("new_master")
+	// The new master's status: both groups, whole.
+	var after struct {
+		Workers []struct{ Group, State string }
+	}
+	a.WaitUntil("the new master's 4 workers ready", 20*time.Second, func() bool {
+		_, body, _ := a.Mon("GET", "/")
+		if json.Unmarshal([]byte(body), &after) != nil {
+			return false
+		}
+		n := map[string]int{}
+		for _, w := range after.Workers {
+			if w.State == "ready" {
+				n[w.Group]++
+			}
+		}
+		return n["web"] == 2 && n["jobs"] == 2 && len(after.Workers) == 4
+	})
+	assert.True(t, flocktest.Alive(heir))
 }

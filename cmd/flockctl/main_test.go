@@ -51,9 +51,9 @@ func TestFlockctl(t *testing.T) {
 	assert.Equal(t, 0, code)
 	assert.True(t, strings.HasPrefix(out, "{\n  \"workers\": [\n    {"), "indented JSON: %s", out)
 
-	code, _, errOut := ctl("-addr", addr, "restart", "GG")
+	code, _, errOut := ctl("-addr", addr, "restart", "1.5")
 	assert.Equal(t, 1, code)
-	assert.Equal(t, `flockctl: restart GG: usage: restart all|pid [{"timeout":ms}] (HTTP 400)`, errOut)
+	assert.Equal(t, `flockctl: restart 1.5: usage: restart all|pid|group [{"timeout":ms}] (HTTP 400)`, errOut)
 
 	code, _, errOut = ctl("-addr", addr, "-key", "wrong", "info")
 	assert.Equal(t, 3, code)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -47,11 +48,7 @@ func Lifecycle(a *App, n int) {
 	a.Signal(syscall.SIGTTOU)
 	a.WaitFor("a worker gone on TTOU", 30*time.Second, func(r Rec) bool { return r.Str("reason") == "scale-down" })
 	both(200)
-	for name, l := range map[string]*LoadRun{"new connection per request": fresh, "keep-alive": kept} {
-		res := l.Stop()
-		t.Logf("HUP and TTOU under load, %s: %s", name, res)
-		assert.Zero(t, res.Failed.Load(), "%s: %s", name, res)
-	}
+	NoFailures(t, "HUP and TTOU under load", map[string]*LoadRun{"new connection per request": fresh, "keep-alive": kept})
 
 	a.Settled(n - 1) // a worker replaced to serve the TTOU's spare socket, say, is not the one to kill
 	victim, err := Get(a.URL("/"))
@@ -90,6 +87,17 @@ func (a *App) Settled(n int) {
 		}
 		return true
 	})
+}
+
+// NoFailures stops the load runs, logs what each counted under what, and
+// fails the test if any request failed.
+func NoFailures(t *testing.T, what string, runs map[string]*LoadRun) {
+	t.Helper()
+	for name, l := range runs {
+		res := l.Stop()
+		t.Logf("%s, %s: %s", what, name, res)
+		assert.Zero(t, res.Failed.Load(), "%s, %s: %s", what, name, res)
+	}
 }
 
 func rollDone(r Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" }
