@@ -157,6 +157,9 @@ func (c *Controller) Upgrade(o RestartOptions) (int, error) {
 }
 
 func (c *Controller) roll(kind rollKind, o RestartOptions) (int, error) {
+	if o.Executable != "" && c.m.groups[0].program != nil {
+		return 0, fmt.Errorf("executable %s: a program's workers start from its Program.Path, as on disk at each start; restart runs what is there now", o.Executable)
+	}
 	exe := o.Executable
 	if exe == "" {
 		var err error
@@ -198,11 +201,19 @@ func (c *Controller) StopWorkers(pids []int, timeout time.Duration) error {
 	var gone []chan struct{}
 	err := c.do(func(m *master) error {
 		slots, err := m.slotsOf(pids)
-		switch {
-		case err != nil:
+		if err != nil {
 			return err
-		case len(slots) >= m.activeSlots():
-			return errors.New("that would stop every worker; use a shutdown of the whole service")
+		}
+		for _, g := range m.groups {
+			n := 0
+			for _, s := range slots {
+				if s.g == g {
+					n++
+				}
+			}
+			if n > 0 && n >= m.groupSlots(g) {
+				return fmt.Errorf("that would stop every worker of group %q; use a shutdown of the whole service", g.name)
+			}
 		}
 		for _, s := range slots {
 			gone = append(gone, s.gone)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -89,6 +90,8 @@ func (c *config) resolveGroups(p *Program) error {
 		switch {
 		case g.Name == "":
 			return fmt.Errorf("flock: WorkerGroups[%d]: needs a Name", i)
+		case strings.Contains(g.Name, ":"):
+			return fmt.Errorf("%s: no colons in a name (LISTEN_FDNAMES separates names with them)", what)
 		case slices.ContainsFunc(c.groups, func(x *group) bool { return x.name == g.Name }):
 			return fmt.Errorf("%s: the name is taken", what)
 		case g.Workers < 0:

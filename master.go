@@ -227,10 +227,13 @@ func (m *master) loop(sigs <-chan os.Signal) error {
 		case fn := <-m.inbox:
 			fn()
 		}
-		if m.state == running && len(m.workers) == 0 && !m.anyRestartPending() {
+		if m.state == running && m.groupGone(m.groups[0]) {
+			// The service's group (its port's) has given up: the others
+			// are stopped with it.
 			m.err = m.gaveUpError()
-			m.state = stopping
 			m.abortRolls(m.err)
+			m.stopRestarts()
+			m.stopAll(ExitShutdown)
 		}
 		m.releaseBinaries()
 		m.commit()

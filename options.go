@@ -177,8 +177,10 @@ func (c *config) addListener(l Listener) error {
 	switch {
 	case l.Name == "":
 		return fmt.Errorf("no Name (Addr %q)", l.Addr)
+	case strings.Contains(l.Name, ":"):
+		return fmt.Errorf("no colons in a name (%q): LISTEN_FDNAMES separates names with them", l.Name)
 	case slices.ContainsFunc(c.listeners, func(x Listener) bool { return x.Name == l.Name }):
-		return fmt.Errorf("the name %q is taken (%q is Addr's)", l.Name, MainListener)
+		return fmt.Errorf("the name %q is taken (Addr's is %q; a worker group's address is named as the group)", l.Name, MainListener)
 	}
 	_, port, err := net.SplitHostPort(l.Addr)
 	if err == nil {

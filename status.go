@@ -22,6 +22,7 @@ type Status struct {
 	State   MasterState    `json:"state"`
 	Addr    string         `json:"addr"`      // the main listener's (Addr)
 	Listens []Listener     `json:"listeners"` // every listener, with its address as bound
+	Groups  []string       `json:"groups"`    // the worker groups: the first is Addr's, the signals' one
 	Binary  Binary         `json:"binary"`    // what new workers start from
 	Build   BuildInfo      `json:"build"`
 	Workers []WorkerStatus `json:"workers"`
@@ -156,7 +157,7 @@ func (m *master) publish() {
 		switch w.state {
 		case workerReady:
 			st = WorkerReady
-			if w.slot.w == w {
+			if w.slot.w == w && w.slot.g == m.groups[0] { // the service's port's
 				s.ready++
 			}
 		case workerStopping, workerKilled:
@@ -181,6 +182,9 @@ func (m *master) status(mon *monitor) Status {
 	s := m.snap.Load()
 	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(),
 		Addr: m.listenAddr(), Binary: s.bin, Build: build(), Workers: make([]WorkerStatus, len(s.workers))}
+	for _, g := range m.groups { // set before any other goroutine runs, never changed
+		st.Groups = append(st.Groups, g.name)
+	}
 	for _, a := range m.addrs { // set before any other goroutine runs, never changed
 		st.Listens = append(st.Listens, Listener{Name: a.name, Addr: a.String()})
 	}

@@ -19,7 +19,9 @@ func (m *master) onProc(e procEvent) {
 		m.onExit(w, e.state)
 		return
 	}
-	w.lastSeen = time.Now()
+	if e.kind != procSaid && e.kind != procStopping { // words, not signs of life
+		w.lastSeen = time.Now()
+	}
 	switch e.kind {
 	case procReady:
 		m.onReady(w)
@@ -221,8 +223,14 @@ func restartDelay(base time.Duration, n int) time.Duration {
 	return min(d, maxRestartDelay)
 }
 
-func (m *master) anyRestartPending() bool {
-	return slices.ContainsFunc(m.slots, func(s *slot) bool { return s.state == slotBackoff })
+// groupGone reports whether g has no worker and none coming.
+func (m *master) groupGone(g *group) bool {
+	for _, s := range m.slots {
+		if s.g == g && (s.w != nil || s.next != nil || s.state == slotBackoff) {
+			return false
+		}
+	}
+	return true
 }
 
 func (m *master) gaveUpError() error {

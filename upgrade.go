@@ -47,6 +47,7 @@ type upgradeSpec struct {
 	// in order. A master from before groups sent neither: each of its
 	// slots has every listener of Names, and is the first group's.
 	SlotGroups []string   `json:"slotGroups,omitempty"`
+	FirstGroup string     `json:"firstGroup,omitempty"` // the first group's name: the new master's first, whatever its own
 	SlotNames  [][]string `json:"slotNames,omitempty"`
 }
 
@@ -99,7 +100,7 @@ func (m *master) startUpgrade() {
 		return
 	}
 	defer w.Close()
-	spec := upgradeSpec{Disabled: m.disabled}
+	spec := upgradeSpec{Disabled: m.disabled, FirstGroup: m.groups[0].name}
 	files := []*os.File{w}
 	if f := m.mon.file(); f != nil {
 		spec.Monitor = true
@@ -327,7 +328,7 @@ func (m *master) inherit(inh *inherited) error {
 	index := func(name string) int { return slices.IndexFunc(m.addrs, func(b *bound) bool { return b.name == name }) }
 	for k, files := range inh.slots {
 		g := m.groups[0]
-		if inh.SlotGroups != nil {
+		if inh.SlotGroups != nil && inh.SlotGroups[k] != inh.FirstGroup {
 			g = m.group(inh.SlotGroups[k])
 		}
 		socks := make([]*os.File, len(m.addrs))

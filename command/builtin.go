@@ -41,8 +41,9 @@ func builtins(s *surface) []Command {
 }
 
 func health(_ context.Context, c *flock.Controller, args []any) (any, error) {
-	for _, w := range c.Status().Workers {
-		if w.State == flock.WorkerReady {
+	st := c.Status()
+	for _, w := range st.Workers {
+		if w.State == flock.WorkerReady && w.Group == st.Groups[0] { // the service's port's
 			return "OK", nil
 		}
 	}

@@ -90,6 +90,9 @@ func parse(args []string) (flock.Program, *cli.Flags, error) {
 		if err != nil {
 			return p, nil, err
 		}
+		if raw, ok := rest["workers"]; (!ok || !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{"))) && rest["signals"] != nil {
+			return p, nil, fmt.Errorf("%s: \"signals\" names a worker group, and there are none (\"workers\" is not an object)", *config)
+		}
 		if raw, ok := rest["workers"]; ok && !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
 			if !set["workers"] { // a number, as the flag
 				if err := fs.Set("workers", string(bytes.TrimSpace(raw))); err != nil {
@@ -97,6 +100,18 @@ func parse(args []string) (flock.Program, *cli.Flags, error) {
 				}
 			}
 		} else if ok {
+			var given []string
+			fs.Visit(func(f *flag.Flag) {
+				if slices.Contains(programFlags, f.Name) {
+					given = append(given, f.Name)
+				}
+			})
+			if len(given) > 0 {
+				return p, nil, fmt.Errorf("%s: with worker groups, %q belong in each group", *config, given)
+			}
+			if rest["env"] != nil {
+				return p, nil, fmt.Errorf("%s: with worker groups, \"env\" belongs in each group", *config)
+			}
 			if len(cmd) > 0 || rest["program"] != nil {
 				return p, nil, fmt.Errorf("%s: worker groups (\"workers\") and a program (the command line's, or \"program\"): give one", *config)
 			}
@@ -111,7 +126,7 @@ func parse(args []string) (flock.Program, *cli.Flags, error) {
 			p, err = applyGroups(*config, groups, signals, &f, set)
 			return p, &f, err
 		}
-		if err := fromConfig(*config, rest, &p, &cmd); err != nil {
+		if err := fromConfig(*config, rest, &p, &cmd, set); err != nil {
 			return p, nil, err
 		}
 	}
@@ -123,8 +138,13 @@ func parse(args []string) (flock.Program, *cli.Flags, error) {
 	return p, &f, nil
 }
 
-// fromConfig takes the config file's keys that are not flags.
-func fromConfig(path string, rest map[string]json.RawMessage, p *flock.Program, cmd *[]string) error {
+// programFlags are the flags about the program, which worker groups set
+// each for itself.
+var programFlags = []string{"dir", "name", "ready", "watchdog", "stop-signal", "output", "env"}
+
+// fromConfig takes the config file's keys that are not flags. set are the
+// flags given on the command line.
+func fromConfig(path string, rest map[string]json.RawMessage, p *flock.Program, cmd *[]string, set map[string]bool) error {
 	if raw, ok := rest["program"]; ok && len(*cmd) == 0 {
 		if err := json.Unmarshal(raw, cmd); err != nil {
 			return fmt.Errorf("%s: key \"program\": want a list of strings: %w", path, err)
@@ -136,15 +156,20 @@ func fromConfig(path string, rest map[string]json.RawMessage, p *flock.Program, 
 			return fmt.Errorf("%s: key \"env\": want an object of strings: %w", path, err)
 		}
 		for _, k := range slices.Sorted(maps.Keys(vars)) {
-			p.Env = append(p.Env, k+"="+vars[k])
+			if !slices.ContainsFunc(p.Env, func(kv string) bool { return strings.HasPrefix(kv, k+"=") }) { // -env wins
+				p.Env = append(p.Env, k+"="+vars[k])
+			}
 		}
 	}
-	if p.Dir == "" {
-		abs, err := filepath.Abs(path)
-		if err != nil {
-			return err
-		}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	switch { // relative to the file's folder, unless the command line said
+	case p.Dir == "":
 		p.Dir = filepath.Dir(abs)
+	case !set["dir"] && !filepath.IsAbs(p.Dir):
+		p.Dir = filepath.Join(filepath.Dir(abs), p.Dir)
 	}
 	return nil
 }

@@ -249,6 +249,11 @@ func TestBadInput(t *testing.T) {
 		{[]string{"--", "no-such-program-here"}, 1, `flock: program "no-such-program-here": not found in PATH`},
 		{[]string{"-max-requests", "5", "--", "true"}, 2, "flag provided but not defined: -max-requests"},
 		{[]string{"-config", "testdata/unknown-key.json"}, 2, `testdata/unknown-key.json: unknown key "wokers"`},
+		{[]string{"-config", "testdata/groups.json", "-ready", "notify"}, 2, `testdata/groups.json: with worker groups, ["ready"] belong in each group`},
+		{[]string{"-config", "testdata/groups.json", "--", "true"}, 2, `worker groups ("workers") and a program (the command line's, or "program"): give one`},
+		{[]string{"-config", "testdata/group-unknown-key.json"}, 2, `key "workers": group "web": json: unknown field "cmd"`},
+		{[]string{"-config", "testdata/group-no-addr.json"}, 2, `the worker group the signals act on needs an "addr"`},
+		{[]string{"-listen", "a:b=127.0.0.1:0", "--", "true"}, 1, `Listeners[0]: no colons in a name ("a:b")`},
 	} {
 		cmd := exec.Command(os.Args[0], tc.args...)
 		cmd.Env = append(os.Environ(), envAsFlock+"=1")
@@ -395,9 +400,37 @@ while True:
 	code, body = call("start nope")
 	assert.Equal(t, 400, code)
 	assert.Contains(t, body, `no such group "nope" (the groups are ["web" "jobs"])`)
+	code, body = call("upgrade all /bin/true")
+	assert.Equal(t, 400, code)
+	assert.Contains(t, body, "a program's workers start from its Program.Path")
+	jobs := groups()["jobs"]
+	code, _ = call(fmt.Sprintf("shutdown %d", jobs[0]))
+	assert.Equal(t, 200, code, "one of two consumers")
+	a.WaitUntil("1 consumer", 20*time.Second, func() bool { return len(groups()["jobs"]) == 1 })
+	code, body = call(fmt.Sprintf("shutdown %d", groups()["jobs"][0]))
+	assert.Equal(t, 400, code)
+	assert.Contains(t, body, `that would stop every worker of group "jobs"`)
 
 	a.Signal(syscall.SIGTERM)
 	assert.Equal(t, 0, a.ExitCode(30*time.Second))
+}
+
+// When the service's group (the port's) gives up, the master stops the
+// other groups and exits 1: a queue consumer alone is not the service.
+func TestWorkerGroupsGiveUpWithTheService(t *testing.T) {
+	python := need(t, "python3")
+	cfg := filepath.Join(t.TempDir(), "flock.json")
+	js, err := json.Marshal(map[string]any{"restart-delay": "1ms", "restarts-per-minute": 2, "workers": map[string]any{
+		"web":  map[string]any{"program": []string{python, "-c", "raise SystemExit(3)"}, "addr": "127.0.0.1:0"},
+		"jobs": map[string]any{"program": []string{python, "-c", "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nwhile True: signal.pause()"}, "ready": "now"},
+	}})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cfg, js, 0o644))
+	a := flocktest.Start(t, exec.Command(os.Args[0], "-log-json", "-monitor", "127.0.0.1:0", "-config", cfg), envAsFlock+"=1")
+	assert.Equal(t, 1, a.ExitCode(30*time.Second))
+	assert.NotEmpty(t, a.Find(func(r flocktest.Rec) bool { return strings.Contains(r.Str("msg"), "no worker left") }))
+	jobs := a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == "shutdown" })
+	assert.NotEmpty(t, jobs, "the consumer was stopped, gracefully")
 }
 
 // USR2 hands each slot back to its group: the new master runs the same
