@@ -186,6 +186,11 @@ func (p *foreignProc) readyAfter(d time.Duration, s launchSpec) {
 	case <-p.notify.closing:
 		return
 	}
+	// Exited, though wait has not said so yet: not ready.
+	var info unix.Siginfo
+	if unix.Waitid(unix.P_PID, p.Pid(), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil) == nil && info.Signo != 0 {
+		return
+	}
 	select {
 	case s.out <- procEvent{p: p, kind: procReady}:
 	case <-p.notify.closing:

@@ -485,3 +485,18 @@ func TestWorkerGroupsSurviveUSR2(t *testing.T) {
 	})
 	assert.True(t, flocktest.Alive(heir))
 }
+
+// Recycling (-max-uptime) replaces a program's workers as flock's own,
+// readiness-gated, under load, and the output can be silenced.
+func TestRecycleSilently(t *testing.T) {
+	need(t, "node")
+	a := startFlock(t, "-workers", "2", "-max-uptime", "1500ms", "-output", "silent", "--", "node", "../../example/node/server.js")
+	a.Started(2)
+	load := flocktest.StartLoad(t, a.URL("/"), 4, false)
+	kept := flocktest.StartLoad(t, a.URL("/"), 4, true)
+	a.WaitUntil("4 workers recycled", 30*time.Second, func() bool {
+		return len(a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" && r.Str("reason") == "recycle" })) >= 4
+	})
+	flocktest.NoFailures(t, "recycling under load", map[string]*flocktest.LoadRun{"new connection per request": load, "keep-alive": kept})
+	assert.Empty(t, a.Find(func(r flocktest.Rec) bool { return strings.HasPrefix(r.Str("msg"), "server.js:") }), "-output silent")
+}
