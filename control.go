@@ -6,8 +6,10 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -41,8 +43,33 @@ type Controller struct {
 // is not one of the master's workers.
 var ErrNoSuchWorker = errors.New("no worker with pid")
 
-// ErrNotInStart is returned by Controller.Listen after Start has returned.
-var ErrNotInStart = errors.New("flock: Listen works only from Extension.Start")
+// ErrNotInStart is returned by Controller.Listen and Handle after Start
+// has returned.
+var ErrNotInStart = errors.New("flock: Listen and Handle work only from Extension.Start")
+
+// Handle has the monitor serve h at path, beside its own paths (the ECV's
+// and "/"), from Start only: a metrics endpoint, say. It fails when the
+// monitor is off or the path is taken.
+func (c *Controller) Handle(path string, h http.Handler) error {
+	m := c.m
+	if m.phase.Load() != phaseStarting {
+		return ErrNotInStart
+	}
+	mon := m.mon
+	if mon == nil || mon.srv == nil {
+		return fmt.Errorf("flock: monitor is off, so nothing serves %s", path)
+	}
+	mon.mu.Lock()
+	defer mon.mu.Unlock()
+	if path == "/" || path == m.c.MonitorPath || strings.HasPrefix(path, m.c.MonitorPath+"/") || mon.handlers[path] != nil || !strings.HasPrefix(path, "/") {
+		return fmt.Errorf("flock: monitor path %q is taken or invalid", path)
+	}
+	if mon.handlers == nil {
+		mon.handlers = map[string]http.Handler{}
+	}
+	mon.handlers[path] = h
+	return nil
+}
 
 // Listen gives an extension a TCP listener on addr, from Start only. name
 // identifies it across a USR2 upgrade: the new master's extension gets the

@@ -30,6 +30,9 @@ type monitor struct {
 	probe    *prober
 	ip, host string
 	port     string
+
+	mu       sync.RWMutex
+	handlers map[string]http.Handler // the extensions' paths (Controller.Handle)
 }
 
 // ECV states and their HTTP status.
@@ -135,7 +138,14 @@ func (mon *monitor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		mon.status(w)
 	default:
-		http.NotFound(w, r)
+		mon.mu.RLock()
+		h := mon.handlers[r.URL.Path]
+		mon.mu.RUnlock()
+		if h == nil {
+			http.NotFound(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
 	}
 }
 

@@ -25,6 +25,7 @@ const (
 	EventMonitor   EventKind = "ecv"       // taken out of rotation or back in; Disabled says which
 	EventRoll      EventKind = "roll"      // a rolling restart began, finished or failed; Phase says which
 	EventUpgrade   EventKind = "upgrade"   // a binary upgrade began, handed over or failed; Phase says which
+	EventReport    EventKind = "report"    // a worker's report (flock.Report): Topic and Data; not logged
 )
 
 // StartReason says why a worker started (Event.Start).
@@ -106,6 +107,12 @@ type Event struct {
 	Took     time.Duration // EventRoll done, EventUpgrade handed over
 	Err      error         // EventRoll and EventUpgrade failed, EventGaveUp
 	Disabled bool          // EventMonitor: out of rotation (true) or back in
+
+	// Topic and Data are a worker's report (EventReport), as its Report
+	// function made it. A worker's last report comes before its
+	// EventExited, and holds what it did up to its exit.
+	Topic string
+	Data  []byte
 }
 
 // emit records e. The master logs it and hands it to OnEvent and the
@@ -120,7 +127,9 @@ func (m *master) emit(e Event) {
 // delivery. The loop calls it after publish.
 func (m *master) flush() {
 	for _, e := range m.events {
-		m.logEvent(e)
+		if e.Kind != EventReport {
+			m.logEvent(e)
+		}
 	}
 	m.delivery.push(m.events)
 	m.events = m.events[:0]

@@ -76,7 +76,10 @@
 // (add, restart, upgrade or stop workers, shut down, read the Status);
 // package command, a node-cluster-service compatible command surface with
 // the flockctl CLI, is one. Events reach OnEvent and the extensions on a
-// goroutine of their own, so a callback may call the Controller.
+// goroutine of their own, so a callback may call the Controller. A worker
+// can send the extensions data with Report (package metrics sends its
+// registry), and an extension can serve paths on the monitor with
+// Controller.Handle.
 //
 // # Source layout
 //
@@ -94,8 +97,9 @@
 // lossless one of *http.Server), single.go (Options.Single), options.go
 // (defaults and validation); for Supervise: program.go (Program),
 // activation.go (the foreign kind of worker: socket activation and the
-// exec shim), notify.go (its NOTIFY_SOCKET), output.go (its output), and
-// activated.go (the master's own sockets from systemd).
+// exec shim), notify.go (its NOTIFY_SOCKET), output.go (its output),
+// group.go (worker groups), and activated.go (the master's own sockets
+// from systemd); report.go (what workers send the extensions: Report).
 //
 // # Platforms
 //

@@ -60,6 +60,7 @@ type appSpec struct {
 
 	Extension bool // a testExtension (control_test.go) that calls the Controller from everywhere it may
 	Listeners []Listener
+	Reports   bool // workers report what "/" served; a servedReports extension sums it (report_test.go)
 }
 
 func TestMain(m *testing.M) {
@@ -105,9 +106,15 @@ func runTestApp(js string) int {
 		x := &testExtension{log: log}
 		o.Extensions, o.OnEvent = []Extension{x}, x.onEvent
 	}
+	served := func() {}
+	if s.Reports {
+		served = servedCounter()
+		o.Extensions = append(o.Extensions, &servedReports{})
+	}
 	pid := strconv.Itoa(os.Getpid())
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		defer served()
 		w.Header().Set("X-Worker-Pid", pid)
 		fmt.Fprintf(w, "Hello from worker %s\n", pid)
 	})

@@ -3,6 +3,7 @@ package flock
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -28,9 +29,10 @@ import (
 // "alive"), "spare N" with a socket attached (SCM_RIGHTS: accept on it
 // too, for listener N).
 // Worker to master: "ready", "alive", and at once when ready, then at most
-// once a second while it serves, a report: "requests N", "connections N"
-// (totals so far), "open N" (connections open now), "heap TOTAL USED"
-// (bytes), in that order, "heap" last. Unknown lines
+// once a second while it serves, and once after its drain, a report:
+// "requests N", "connections N" (totals so far), "open N" (connections
+// open now), "heap TOTAL USED" (bytes), in that order, "heap" last; and
+// "report TOPIC LEN" followed by LEN bytes (Report, report.go). Unknown lines
 // are ignored, so that a master and a worker of different versions (during
 // a HUP onto a new release) still work together.
 
@@ -129,15 +131,30 @@ func (p *flockProc) read(s launchSpec, done chan<- struct{}) {
 	// block, so that a rate sees one update a second. A worker that never
 	// sends "heap" (an older flock) gets an event per line.
 	warned, blocks := false, false
-	sc := bufio.NewScanner(p.ctrl)
-	for sc.Scan() {
-		verb, arg, _ := strings.Cut(sc.Text(), " ")
+	br := bufio.NewReader(p.ctrl)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimSuffix(line, "\n")
+		verb, arg, _ := strings.Cut(line, " ")
 		e := procEvent{p: p}
 		switch verb {
 		case "ready":
 			e.kind = procReady
 		case "alive":
 			e.kind = procAlive
+		case "report":
+			topic, data, err := readReport(br, arg)
+			if err != nil {
+				p.log.Warn("flock: bad report from worker", "err", err)
+				if errors.Is(err, errReportDropped) {
+					continue
+				}
+				return // the stream is out of step
+			}
+			e.kind, e.text, e.data = procReport, topic, data
 		default:
 			if c.set(verb, arg) {
 				blocks = blocks || verb == "heap"
@@ -149,7 +166,7 @@ func (p *flockProc) read(s launchSpec, done chan<- struct{}) {
 			}
 			if !warned { // once per worker
 				warned = true
-				p.log.Warn("flock: unknown message from worker", "message", sc.Text())
+				p.log.Warn("flock: unknown message from worker", "message", line)
 			}
 			continue
 		}

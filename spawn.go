@@ -51,7 +51,8 @@ type procEvent struct {
 	p      proc
 	kind   procEventKind
 	counts counts           // procCounts: the totals so far
-	text   string           // procSaid
+	text   string           // procSaid, procReport
+	data   []byte           // procReport
 	state  *os.ProcessState // procExited
 }
 
@@ -64,6 +65,7 @@ const (
 	procSaid                          // it described its state (sd_notify STATUS=)
 	procStopping                      // it said it is stopping (sd_notify STOPPING=1)
 	procHung                          // it said it is stuck (sd_notify WATCHDOG=trigger)
+	procReport                        // it sent a report (Report): text is the topic, data the report
 	procExited                        // it is gone; nothing follows
 )
 

@@ -31,6 +31,8 @@ func (m *master) onProc(e procEvent) {
 		m.checkRecycle(w)
 	case procSaid:
 		w.message = e.text
+	case procReport:
+		m.emit(Event{Kind: EventReport, PID: w.p.Pid(), Slot: w.slot.id, Topic: e.text, Data: e.data})
 	case procStopping:
 		m.log.Info("flock: worker says it is stopping", "pid", w.p.Pid(), "slot", w.slot.id)
 	case procHung:

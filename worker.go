@@ -106,12 +106,16 @@ func runWorker(setup func(*Worker) error, c *config) error {
 	// tell it with "ready", then at most once a second, and not at all
 	// while idle.
 	var reported [3]int64
+	reports := map[string][]byte{}
 	report := func(force bool) {
 		now := [3]int64{v.requests.Load(), v.accepted.Load(), v.open()}
 		if now != reported || force {
 			reported = now
 			total, used := heap()
 			fmt.Fprintf(ctrl, "requests %d\nconnections %d\nopen %d\nheap %d %d\n", now[0], now[1], now[2], total, used)
+		}
+		if err := sendReports(ctrl, reports); err != nil {
+			log.Debug("flock: cannot send a report to the master", "err", err)
 		}
 	}
 	if _, err := ctrl.Write([]byte("ready\n")); err != nil {
@@ -156,6 +160,7 @@ func runWorker(setup func(*Worker) error, c *config) error {
 		}
 	}
 	v.drain(budget)
+	report(false) // what it did up to now, before its exit
 	return nil
 }
 
