@@ -1,0 +1,183 @@
+package metrics_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/internal/flocktest"
+	"github.com/flockhq/flock/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The test binary is an application instrumented with client_golang
+// under flock when FLOCK_METRICS_APP is set: every "/" counts in
+// app_requests_total and app_request_seconds, and app_busy is a gauge.
+const envApp = "FLOCK_METRICS_APP"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envApp) != "" {
+		os.Exit(runApp())
+	}
+	os.Exit(m.Run())
+}
+
+func runApp() int {
+	requests := promauto.NewCounterVec(prometheus.CounterOpts{Name: "app_requests_total", Help: "Requests answered."}, []string{"code"})
+	seconds := promauto.NewHistogram(prometheus.HistogramOpts{Name: "app_request_seconds", Help: "Time to answer.", Buckets: []float64{0.001, 0.01, 1}})
+	promauto.NewGauge(prometheus.GaugeOpts{Name: "app_busy", Help: "A gauge."}).Set(1)
+	pid := strconv.Itoa(os.Getpid())
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		defer func() { requests.WithLabelValues("200").Inc(); seconds.Observe(time.Since(start).Seconds()) }()
+		w.Header().Set("X-Worker-Pid", pid)
+		fmt.Fprintln(w, "hello")
+	})
+	err := flock.Serve(h, flock.Options{
+		Addr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0", Workers: 3, Logger: slog.New(slog.NewJSONHandler(os.Stderr, nil)),
+		Extensions: []flock.Extension{metrics.New(metrics.Options{})},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func start(t *testing.T) *flocktest.App {
+	return flocktest.Start(t, exec.Command(os.Args[0]), envApp+"=1")
+}
+
+// scrape returns the families /metrics serves, parsed from the text
+// format.
+func scrape(t *testing.T, a *flocktest.App) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + a.Monitor + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, 200, resp.StatusCode, string(b))
+	var p expfmt.TextParser
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(b))
+	require.NoError(t, err, string(b))
+	return fams
+}
+
+func counter(fams map[string]*dto.MetricFamily, name string) float64 {
+	sum := 0.0
+	if f := fams[name]; f != nil {
+		for _, m := range f.Metric {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// The merged request counter is exactly what the clients got answered,
+// through a HUP and a TTOU under load (every exited worker's last report
+// kept), and it never goes backwards while they run. The histogram's
+// count agrees; the gauge is per worker.
+func TestMergedCountersThroughRestarts(t *testing.T) {
+	a := start(t)
+	a.Started(3)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var backwards []string
+	var mu sync.Mutex
+	wg.Add(1)
+	go func() { // scrapes all along: the counter must never decrease
+		defer wg.Done()
+		last := 0.0
+		for ctx.Err() == nil {
+			v := counter(scrape(t, a), "app_requests_total")
+			if v < last {
+				mu.Lock()
+				backwards = append(backwards, fmt.Sprintf("%v after %v", v, last))
+				mu.Unlock()
+			}
+			last = v
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	fresh := flocktest.StartLoad(t, a.URL("/"), 4, false)
+	kept := flocktest.StartLoad(t, a.URL("/"), 4, true)
+	fresh.WaitRequests(300)
+	a.Signal(syscall.SIGHUP)
+	a.WaitFor("the roll", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
+	a.SignalUntil(syscall.SIGTTOU, "a worker fewer", func(r flocktest.Rec) bool { return r.Str("reason") == string(flock.ExitScaleDown) })
+	fresh.WaitRequests(300)
+	answered := float64(fresh.Stop().OK.Load() + kept.Stop().OK.Load())
+	a.WaitUntil(fmt.Sprintf("%v requests in /metrics", answered), 10*time.Second, func() bool {
+		return counter(scrape(t, a), "app_requests_total") >= answered
+	})
+	cancel()
+	wg.Wait()
+	fams := scrape(t, a)
+	assert.Equal(t, answered, counter(fams, "app_requests_total"), "merged = answered")
+	assert.Empty(t, backwards, "the merged counter went backwards")
+	h := fams["app_request_seconds"].Metric[0].GetHistogram()
+	assert.Equal(t, uint64(answered), h.GetSampleCount(), "the histogram merges too")
+	assert.Equal(t, uint64(answered), h.Bucket[len(h.Bucket)-1].GetCumulativeCount())
+	assert.Len(t, fams["app_busy"].Metric, 2, "a gauge per live worker (2 after the TTOU)")
+	assert.Equal(t, 3.0, counterWith(fams, "flock_forks_total", "reason", "restart"), "the supervisor's own")
+	assert.Equal(t, 2.0, gaugeWith(fams, "flock_workers", "state", "ready"))
+	assert.Equal(t, 1.0, gaugeWith(fams, "flock_ecv", "state", "AVAILABLE"))
+
+	if promtool, err := exec.LookPath("promtool"); err == nil {
+		resp, err := http.Get("http://" + a.Monitor + "/metrics")
+		require.NoError(t, err)
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = resp.Body
+		out, err := cmd.CombinedOutput()
+		resp.Body.Close()
+		assert.NoError(t, err, "promtool check metrics: %s", out)
+	} else {
+		t.Log("promtool is not installed (Debian's prometheus has it): the exposition was not checked with it")
+	}
+}
+
+func counterWith(fams map[string]*dto.MetricFamily, name, label, value string) float64 {
+	for _, m := range fams[name].GetMetric() {
+		for _, l := range m.Label {
+			if l.GetName() == label && l.GetValue() == value {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return -1
+}
+
+func gaugeWith(fams map[string]*dto.MetricFamily, name, label, value string) float64 {
+	sum, found := 0.0, false
+	for _, m := range fams[name].GetMetric() {
+		for _, l := range m.Label {
+			if l.GetName() == label && l.GetValue() == value {
+				sum, found = sum+m.GetGauge().GetValue(), true
+			}
+		}
+	}
+	if !found {
+		return -1
+	}
+	return sum
+}
