@@ -254,6 +254,42 @@ func (m *master) adoptSpares(w *worker) {
 	m.startRoll(&roll{kind: rollRecycle, bin: s.bin, queue: []*slot{s}, expect: w, width: 1})
 }
 
+// queues reads every listener's accept queues from its sockets.
+func (m *master) queues() []Queue {
+	out := make([]Queue, len(m.addrs))
+	add := func(i int, f *os.File) {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return
+		}
+		rc.Control(func(fd uintptr) {
+			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && ti.State == unix.BPF_TCP_LISTEN {
+				// On a listening socket, unacked is the accept queue's
+				// length and sacked its backlog.
+				out[i].Queued += int(ti.Unacked)
+				out[i].Max += int(ti.Sacked)
+			}
+		})
+	}
+	for i, a := range m.addrs {
+		out[i].Listener = a.name
+		if a.shared != nil {
+			add(i, a.shared) // one queue, whatever the slots' copies
+		}
+	}
+	for _, s := range m.slots {
+		for i, f := range s.socks {
+			if f != nil && m.addrs[i].shared == nil {
+				add(i, f)
+			}
+		}
+	}
+	for _, sp := range m.spares {
+		add(sp.ln, sp.f)
+	}
+	return out
+}
+
 // migrating reports whether net.ipv4.tcp_migrate_req is on.
 func migrating() bool {
 	b, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")

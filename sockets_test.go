@@ -96,3 +96,35 @@ func TestTTOUWithBrokenBinaryOnDisk(t *testing.T) {
 	assert.Equal(t, forks, len(a.Events("forked")), "no worker started")
 	assert.Less(t, len(a.Find(func(flocktest.Rec) bool { return true }))-lines, 50, "log lines after the TTOU")
 }
+
+// Status reads each listener's accept queue from the kernel: connections
+// waiting for a worker that does not accept (stopped) show there, and
+// leave once it takes them.
+func TestStatusShowsAcceptQueues(t *testing.T) {
+	a := startApp(t, appSpec{Workers: 1})
+	pid := a.Started(1)[0]
+	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	require.True(t, flocktest.Poll(5*time.Second, func() bool { return flocktest.Stopped(pid) }))
+	var conns []net.Conn
+	for range 5 {
+		c, err := net.Dial("tcp", a.Addr)
+		require.NoError(t, err)
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	queue := func() Queue {
+		st := status(a)
+		require.Len(t, st.Queues, 1)
+		return st.Queues[0]
+	}
+	a.WaitUntil("5 connections queued", 10*time.Second, func() bool { return queue().Queued == 5 })
+	assert.Equal(t, MainListener, queue().Listener)
+	assert.Positive(t, queue().Max, "the backlog")
+	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
+	a.WaitUntil("the queue taken", 10*time.Second, func() bool { return queue().Queued == 0 })
+}

@@ -23,9 +23,20 @@ type Status struct {
 	Addr    string         `json:"addr"`      // the main listener's (Addr)
 	Listens []Listener     `json:"listeners"` // every listener, with its address as bound
 	Groups  []string       `json:"groups"`    // the worker groups: the first is Addr's, the signals' one
+	Queues  []Queue        `json:"queues"`    // each listener's accept queues, read when asked
 	Binary  Binary         `json:"binary"`    // what new workers start from
 	Build   BuildInfo      `json:"build"`
 	Workers []WorkerStatus `json:"workers"`
+}
+
+// Queue is a listener's accept queues, summed over its sockets (one per
+// slot, and the spares): connections the kernel has accepted that no
+// worker has taken yet, and the most it will hold (the backlogs) before
+// it drops new ones. Read from TCP_INFO when Status is asked for.
+type Queue struct {
+	Listener string `json:"listener"`
+	Queued   int    `json:"queued"`
+	Max      int    `json:"max"`
 }
 
 // BuildInfo is what the program was built from, as runtime/debug reads it
@@ -188,6 +199,8 @@ func (m *master) status(mon *monitor) Status {
 	for _, a := range m.addrs { // set before any other goroutine runs, never changed
 		st.Listens = append(st.Listens, Listener{Name: a.name, Addr: a.String()})
 	}
+	// The sockets are the loop's: read them there (not before it runs).
+	m.call(func() { st.Queues = m.queues() })
 	now := time.Now()
 	for i, ws := range s.workers {
 		ws.RSS = rss(ws.PID)

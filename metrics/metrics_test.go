@@ -142,6 +142,8 @@ func TestMergedCountersThroughRestarts(t *testing.T) {
 	assert.Equal(t, 3.0, counterWith(fams, "flock_forks_total", "reason", "restart"), "the supervisor's own")
 	assert.Equal(t, 2.0, gaugeWith(fams, "flock_workers", "state", "ready"))
 	assert.Equal(t, 1.0, gaugeWith(fams, "flock_ecv", "state", "AVAILABLE"))
+	assert.Equal(t, 0.0, gaugeWith(fams, "flock_listener_queued", "listener", "main"), "nothing waits once the load is over")
+	assert.Positive(t, gaugeWith(fams, "flock_listener_queue_max", "listener", "main"))
 
 	if promtool, err := exec.LookPath("promtool"); err == nil {
 		resp, err := http.Get("http://" + a.Monitor + "/metrics")

@@ -22,6 +22,8 @@ import (
 //	flock_worker_uptime_seconds{worker,group}
 //	flock_worker_requests_total{worker,group}   what it served (flock's own workers)
 //	flock_worker_connections_open{worker,group}
+//	flock_listener_queued{listener}             connections accepted by the kernel, not yet by a worker
+//	flock_listener_queue_max{listener}          the backlogs: more queued are dropped
 //
 // The counters count from this master's start.
 type supervisor struct {
@@ -106,6 +108,13 @@ func (s *supervisor) families(st flock.Status) []*dto.MetricFamily {
 		perWorker("flock_worker_requests_total", "Requests each worker served (flock's own workers).", dto.MetricType_COUNTER, w, float64(w.Requests))
 		perWorker("flock_worker_connections_open", "Connections each worker has open (flock's own workers).", dto.MetricType_GAUGE, w, float64(w.ConnectionsOpen))
 	}
+	queued := family("flock_listener_queued", "Connections in each listener's accept queues, not yet taken by a worker.", dto.MetricType_GAUGE)
+	backlog := family("flock_listener_queue_max", "Each listener's accept backlogs, summed over its sockets.", dto.MetricType_GAUGE)
+	for _, q := range st.Queues {
+		queued.Metric = append(queued.Metric, &dto.Metric{Label: labels("listener", q.Listener), Gauge: &dto.Gauge{Value: proto.Float64(float64(q.Queued))}})
+		backlog.Metric = append(backlog.Metric, &dto.Metric{Label: labels("listener", q.Listener), Gauge: &dto.Gauge{Value: proto.Float64(float64(q.Max))}})
+	}
+	out = append(out, queued, backlog)
 	workers := family("flock_workers", "Workers by group and state.", dto.MetricType_GAUGE)
 	for _, g := range st.Groups {
 		for _, state := range []flock.WorkerState{flock.WorkerStarting, flock.WorkerReady, flock.WorkerStopping} {
