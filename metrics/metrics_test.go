@@ -3,12 +3,16 @@ package metrics_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -49,8 +53,10 @@ func runApp() int {
 		w.Header().Set("X-Worker-Pid", pid)
 		fmt.Fprintln(w, "hello")
 	})
+	maxRequests, _ := strconv.Atoi(os.Getenv("FLOCK_METRICS_MAX_REQUESTS"))
 	err := flock.Serve(h, flock.Options{
 		Addr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0", Workers: 3, Logger: slog.New(slog.NewJSONHandler(os.Stderr, nil)),
+		MaxRequests: maxRequests,
 		Extensions: []flock.Extension{metrics.New(metrics.Options{})},
 	})
 	if err != nil {
@@ -60,8 +66,8 @@ func runApp() int {
 	return 0
 }
 
-func start(t *testing.T) *flocktest.App {
-	return flocktest.Start(t, exec.Command(os.Args[0]), envApp+"=1")
+func start(t *testing.T, env ...string) *flocktest.App {
+	return flocktest.Start(t, exec.Command(os.Args[0]), append(env, envApp+"=1")...)
 }
 
 // scrape returns the families /metrics serves, parsed from the text
@@ -182,4 +188,90 @@ func gaugeWith(fams map[string]*dto.MetricFamily, name, label, value string) flo
 		return -1
 	}
 	return sum
+}
+
+// A real Prometheus (Debian's) scrapes /metrics every 100 ms while the
+// load runs through a HUP roll and MaxRequests recycling, and a worker is
+// killed with SIGKILL between two loads (a killed worker loses what it
+// counted since its last report, so the kill comes once everything is
+// reported): its HTTP API then answers that the merged request counter is
+// exactly the number of requests answered, and that it never reset.
+func TestPrometheusSeesExactCounts(t *testing.T) {
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Skip("prometheus is not installed (.ci/run installs Debian's): ", err)
+	}
+	a := start(t, "FLOCK_METRICS_MAX_REQUESTS=1500")
+	a.Started(3)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	promAddr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "prometheus.yml")
+	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`global:
+  scrape_interval: 100ms
+scrape_configs:
+  - job_name: flock
+    static_configs:
+      - targets: ["%s"]
+`, a.Monitor)), 0o644))
+	flocktest.Start(t, exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+promAddr))
+	query := func(q string) (float64, bool) {
+		resp, err := http.Get("http://" + promAddr + "/api/v1/query?query=" + url.QueryEscape(q))
+		if err != nil {
+			return 0, false
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Data struct {
+				Result []struct {
+					Value [2]any `json:"value"`
+				} `json:"result"`
+			} `json:"data"`
+		}
+		if json.NewDecoder(resp.Body).Decode(&r) != nil || len(r.Data.Result) != 1 {
+			return 0, false
+		}
+		s, _ := r.Data.Result[0].Value[1].(string)
+		v, err := strconv.ParseFloat(s, 64)
+		return v, err == nil
+	}
+	a.WaitUntil("Prometheus scraping flock", 30*time.Second, func() bool { _, ok := query(`up{job="flock"} == 1`); return ok })
+
+	load := func(during func()) float64 {
+		fresh := flocktest.StartLoad(t, a.URL("/"), 4, false)
+		kept := flocktest.StartLoad(t, a.URL("/"), 4, true)
+		fresh.WaitRequests(500)
+		during()
+		fresh.WaitRequests(500)
+		return float64(fresh.Stop().OK.Load() + kept.Stop().OK.Load())
+	}
+	answered := load(func() {
+		a.Signal(syscall.SIGHUP)
+		a.WaitFor("the roll", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
+		a.WaitFor("a worker recycled", 30*time.Second, func(r flocktest.Rec) bool { return r.Str("reason") == string(flock.ExitRecycle) })
+	})
+	a.WaitUntil("every request reported", 10*time.Second, func() bool { return counter(scrape(t, a), "app_requests_total") >= answered })
+	victim, err := flocktest.Get(a.URL("/"))
+	require.NoError(t, err)
+	answered++
+	a.WaitUntil("that request reported", 10*time.Second, func() bool { return counter(scrape(t, a), "app_requests_total") >= answered })
+	require.NoError(t, syscall.Kill(victim, syscall.SIGKILL))
+	a.WaitFor("the killed worker re-forked", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == "failure" })
+	answered += load(func() {})
+
+	total := `sum(app_requests_total{job="flock"})`
+	resets := `sum(resets(app_requests_total{job="flock"}[5m]))`
+	a.WaitUntil(fmt.Sprintf("Prometheus: %s = %v", total, answered), 20*time.Second, func() bool { v, ok := query(total); return ok && v == answered })
+	got, _ := query(total)
+	r, ok := query(resets)
+	require.True(t, ok, resets)
+	t.Logf("Prometheus: %s = %v (requests answered: %v); %s = %v", total, got, answered, resets, r)
+	assert.Equal(t, answered, got)
+	assert.Zero(t, r, "the merged counter reset")
+	forks, _ := query(`sum(flock_forks_total{job="flock"})`)
+	t.Logf("Prometheus: sum(flock_forks_total) = %v", forks)
+	assert.GreaterOrEqual(t, forks, 3.0+3+1+1, "first, HUP, failure and recycle forks")
 }
