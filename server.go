@@ -112,6 +112,14 @@ func (v *servers) set(i int, s Server) {
 			h = http.DefaultServeMux
 		}
 		hs.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch x.conns.during(r.RemoteAddr) {
+			case connClosed:
+				return // read as the drain closed its connection: the client never gets an answer, and retries
+			case connDraining:
+				if r.ProtoMajor == 1 {
+					w.Header().Set("Connection", "close") // the answer, then the connection closes
+				}
+			}
 			v.requests.Add(1)
 			h.ServeHTTP(w, r)
 		})
@@ -250,16 +258,21 @@ func (l countingListener) Accept() (net.Conn, error) {
 
 // drainHTTP stops srv without losing a request on a connection already
 // accepted, once its listeners are closed and its Serve loops have
-// returned. http.Server.Shutdown alone drops a request read just after the
-// shutdown began (conn.serve checks shuttingDown after reading), so first:
-// turn keep-alives off (which also closes idle connections) and wait until
-// every tracked connection has closed; only then Shutdown, which has
-// nothing left to drop.
+// returned. Every answer from now on says "Connection: close"; idle
+// connections are closed, now and every 100 ms (a connection that has
+// sent nothing for 5 s counts as idle too); once every tracked connection
+// has closed, Shutdown has nothing left to drop.
+//
+// Not http.Server's own ways: Shutdown alone drops a request it reads
+// after it began (conn.serve checks shuttingDown after reading), and
+// SetKeepAlivesEnabled(false) closes a connection it sees idle even as its
+// goroutine has just read a request on it, which then runs, its answer
+// lost: a client that retries (Go's does, for a GET) has it run twice.
+// closeIdle marks a connection before closing it, and the handler does
+// not run a request read on a marked one.
 func drainHTTP(ctx context.Context, srv *http.Server, conns *connTracker) {
-	srv.SetKeepAlivesEnabled(false)
-	// Again every second: a connection that has sent nothing for 5 s only
-	// counts as idle from then on.
-	recheck := time.NewTicker(time.Second)
+	conns.drain()
+	recheck := time.NewTicker(100 * time.Millisecond)
 	defer recheck.Stop()
 	for {
 		select {
@@ -269,7 +282,7 @@ func drainHTTP(ctx context.Context, srv *http.Server, conns *connTracker) {
 			}
 			return
 		case <-recheck.C:
-			srv.SetKeepAlivesEnabled(false)
+			conns.closeIdle()
 		case <-ctx.Done():
 			srv.Close()
 			return
@@ -277,19 +290,37 @@ func drainHTTP(ctx context.Context, srv *http.Server, conns *connTracker) {
 	}
 }
 
-// connTracker follows the HTTP/1 connections a drain must wait for.
+// connTracker follows the HTTP/1 connections a drain must wait for, by
+// remote address (unique among open connections; the handler knows it).
 // Hijacked connections are the handler's business; HTTP/2 connections are
 // drained by Shutdown's GOAWAY, which loses nothing.
 type connTracker struct {
 	live atomic.Int64 // open now (a hijacked one leaves the count when hijacked)
 
-	mu   sync.Mutex
-	open map[net.Conn]struct{}
-	none chan struct{} // closed while open is empty
+	mu       sync.Mutex
+	open     map[string]*tracked
+	none     chan struct{} // closed while open is empty
+	draining bool
 }
 
+type tracked struct {
+	c      net.Conn
+	state  http.ConnState
+	since  time.Time // in this state
+	closed bool      // by the drain
+}
+
+// What a request finds about its connection.
+type connPhase int
+
+const (
+	connServing  connPhase = iota
+	connDraining           // answer with "Connection: close"
+	connClosed             // closed by the drain: do not run it
+)
+
 func newConnTracker() *connTracker {
-	t := &connTracker{open: map[net.Conn]struct{}{}, none: make(chan struct{})}
+	t := &connTracker{open: map[string]*tracked{}, none: make(chan struct{})}
 	close(t.none)
 	return t
 }
@@ -297,30 +328,79 @@ func newConnTracker() *connTracker {
 func (t *connTracker) track(c net.Conn, s http.ConnState) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	key := c.RemoteAddr().String()
 	switch s {
 	case http.StateNew:
 		t.live.Add(1)
 		if len(t.open) == 0 {
 			t.none = make(chan struct{})
 		}
-		t.open[c] = struct{}{}
-	case http.StateActive:
-		if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
-			t.forget(c)
+		t.open[key] = &tracked{c: c, state: s, since: time.Now()}
+	case http.StateActive, http.StateIdle:
+		if tc, ok := c.(*tls.Conn); ok && s == http.StateActive && tc.ConnectionState().NegotiatedProtocol == "h2" {
+			t.forget(key)
+			return
+		}
+		if x := t.open[key]; x != nil {
+			x.state, x.since = s, time.Now()
+			if s == http.StateIdle && t.draining {
+				t.closeLocked(x)
+			}
 		}
 	case http.StateClosed, http.StateHijacked:
 		t.live.Add(-1)
-		t.forget(c)
+		t.forget(key)
 	}
 }
 
-func (t *connTracker) forget(c net.Conn) {
-	if _, ok := t.open[c]; ok {
-		delete(t.open, c)
+func (t *connTracker) forget(key string) {
+	if _, ok := t.open[key]; ok {
+		delete(t.open, key)
 		if len(t.open) == 0 {
 			close(t.none)
 		}
 	}
+}
+
+// drain begins the drain: answers say "Connection: close" from now on,
+// and the idle connections close.
+func (t *connTracker) drain() {
+	t.mu.Lock()
+	t.draining = true
+	t.mu.Unlock()
+	t.closeIdle()
+}
+
+// closeIdle closes the connections that wait for a request: idle ones,
+// and new ones silent for 5 s (http.Server's own rule).
+func (t *connTracker) closeIdle() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, x := range t.open {
+		if x.state == http.StateIdle || x.state == http.StateNew && time.Since(x.since) >= 5*time.Second {
+			t.closeLocked(x)
+		}
+	}
+}
+
+func (t *connTracker) closeLocked(x *tracked) {
+	if !x.closed {
+		x.closed = true
+		x.c.Close()
+	}
+}
+
+// during says what a request read on the connection from remote finds.
+func (t *connTracker) during(remote string) connPhase {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch x := t.open[remote]; {
+	case x != nil && x.closed:
+		return connClosed
+	case t.draining:
+		return connDraining
+	}
+	return connServing
 }
 
 // empty is closed once no tracked connection is open (until one opens).

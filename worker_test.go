@@ -82,6 +82,17 @@ func TestWorkersRunAsUser(t *testing.T) {
 	assert.Equal(t, pid, got)
 }
 
+// fakeConn is a connection with a remote address of its own (the tracker
+// keys connections by it).
+type fakeConn struct {
+	net.Conn
+	remote string
+	closed bool
+}
+
+func (c *fakeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: len(c.remote)} }
+func (c *fakeConn) Close() error        { c.closed = true; return nil }
+
 // The drain waits on connTracker.empty: closed while no connection is
 // open, open again once one is.
 func TestConnTrackerEmpty(t *testing.T) {
@@ -95,9 +106,7 @@ func TestConnTrackerEmpty(t *testing.T) {
 	}
 	tr := newConnTracker()
 	assert.True(t, closed(tr.empty()), "nothing open yet")
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
+	a, b := &fakeConn{remote: "a"}, &fakeConn{remote: "bb"}
 	tr.track(a, http.StateNew)
 	tr.track(b, http.StateNew)
 	wait := tr.empty()
@@ -109,4 +118,27 @@ func TestConnTrackerEmpty(t *testing.T) {
 	assert.True(t, closed(wait), "all gone")
 	tr.track(a, http.StateClosed) // a second close changes nothing
 	assert.True(t, closed(tr.empty()))
+}
+
+// The drain closes idle connections and marks them, so that a request
+// read on one just as it closed does not run; busy ones answer with
+// "Connection: close".
+func TestConnTrackerDrain(t *testing.T) {
+	tr := newConnTracker()
+	idle, busy, fresh := &fakeConn{remote: "i"}, &fakeConn{remote: "bu"}, &fakeConn{remote: "new"}
+	for _, c := range []*fakeConn{idle, busy, fresh} {
+		tr.track(c, http.StateNew)
+	}
+	tr.track(idle, http.StateActive)
+	tr.track(idle, http.StateIdle)
+	tr.track(busy, http.StateActive)
+	assert.Equal(t, connServing, tr.during(busy.RemoteAddr().String()))
+	tr.drain()
+	assert.True(t, idle.closed, "idle: closed")
+	assert.False(t, busy.closed, "busy: answers first")
+	assert.False(t, fresh.closed, "new, not yet 5 s silent: its request comes")
+	assert.Equal(t, connClosed, tr.during(idle.RemoteAddr().String()), "a request read on the closed one does not run")
+	assert.Equal(t, connDraining, tr.during(busy.RemoteAddr().String()))
+	tr.track(busy, http.StateIdle) // back to idle while draining: closed at once
+	assert.True(t, busy.closed)
 }

@@ -132,7 +132,10 @@ func TestMergedCountersThroughRestarts(t *testing.T) {
 	a.WaitFor("the roll", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
 	a.SignalUntil(syscall.SIGTTOU, "a worker fewer", func(r flocktest.Rec) bool { return r.Str("reason") == string(flock.ExitScaleDown) })
 	fresh.WaitRequests(300)
-	answered := float64(fresh.Stop().OK.Load() + kept.Stop().OK.Load())
+	rf, rk := fresh.Stop(), kept.Stop()
+	t.Logf("load: new connection per request %s; keep-alive %s", rf, rk)
+	assert.Zero(t, rf.Failed.Load()+rk.Failed.Load(), "failed requests")
+	answered := float64(rf.OK.Load() + rk.OK.Load())
 	a.WaitUntil(fmt.Sprintf("%v requests in /metrics", answered), 10*time.Second, func() bool {
 		return counter(scrape(t, a), "app_requests_total") >= answered
 	})
