@@ -90,8 +90,10 @@ type fakeConn struct {
 	closed bool
 }
 
-func (c *fakeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: len(c.remote)} }
-func (c *fakeConn) Close() error        { c.closed = true; return nil }
+func (c *fakeConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: len(c.remote)}
+}
+func (c *fakeConn) Close() error { c.closed = true; return nil }
 
 // The drain waits on connTracker.empty: closed while no connection is
 // open, open again once one is.

@@ -57,7 +57,7 @@ func runApp() int {
 	err := flock.Serve(h, flock.Options{
 		Addr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0", Workers: 3, Logger: slog.New(slog.NewJSONHandler(os.Stderr, nil)),
 		MaxRequests: maxRequests,
-		Extensions: []flock.Extension{metrics.New(metrics.Options{})},
+		Extensions:  []flock.Extension{metrics.New(metrics.Options{})},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
