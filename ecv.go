@@ -136,6 +136,10 @@ func (mon *monitor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !allowMethods(w, r, http.MethodGet, http.MethodHead) {
 			return
 		}
+		if wantsHTML(r) {
+			servePage(w, path)
+			return
+		}
 		mon.status(w)
 	default:
 		mon.mu.RLock()

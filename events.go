@@ -129,6 +129,7 @@ func (m *master) flush() {
 	for _, e := range m.events {
 		if e.Kind != EventReport {
 			m.logEvent(e)
+			m.remember(e)
 		}
 	}
 	m.delivery.push(m.events)

@@ -99,7 +99,8 @@
 // activation.go (the foreign kind of worker: socket activation and the
 // exec shim), notify.go (its NOTIFY_SOCKET), output.go (its output),
 // group.go (worker groups), and activated.go (the master's own sockets
-// from systemd); report.go (what workers send the extensions: Report).
+// from systemd); report.go (what workers send the extensions: Report);
+// statuspage.go and statuspage.html (the monitor's page for people).
 //
 // # Platforms
 //

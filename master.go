@@ -44,11 +44,12 @@ type master struct {
 	events   []Event // emitted since the last flush
 	delivery *delivery
 
-	phase atomic.Int32 // starting, looping, stopped: what Controller calls may do
-	procs chan procEvent
-	inbox chan func()   // timers and callers (monitor, Controller) run code here
-	done  chan struct{} // closed when the loop has returned: unblocks late senders
-	snap  atomic.Pointer[snapshot]
+	phase  atomic.Int32 // starting, looping, stopped: what Controller calls may do
+	procs  chan procEvent
+	inbox  chan func()   // timers and callers (monitor, Controller) run code here
+	done   chan struct{} // closed when the loop has returned: unblocks late senders
+	snap   atomic.Pointer[snapshot]
+	recent atomic.Pointer[[]Recent] // the last events, for the status page
 }
 
 // masterState is where the master is in its life.

@@ -24,6 +24,7 @@ type Status struct {
 	Listens []Listener     `json:"listeners"` // every listener, with its address as bound
 	Groups  []string       `json:"groups"`    // the worker groups: the first is Addr's, the signals' one
 	Queues  []Queue        `json:"queues"`    // each listener's accept queues, read when asked
+	Recent  []Recent       `json:"recent"`    // the last events, oldest first
 	Binary  Binary         `json:"binary"`    // what new workers start from
 	Build   BuildInfo      `json:"build"`
 	Workers []WorkerStatus `json:"workers"`
@@ -198,6 +199,9 @@ func (m *master) status(mon *monitor) Status {
 	}
 	for _, a := range m.addrs { // set before any other goroutine runs, never changed
 		st.Listens = append(st.Listens, Listener{Name: a.name, Addr: a.String()})
+	}
+	if r := m.recent.Load(); r != nil {
+		st.Recent = *r
 	}
 	// The sockets are the loop's: read them there (not before it runs).
 	m.call(func() { st.Queues = m.queues() })
