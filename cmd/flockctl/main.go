@@ -4,6 +4,7 @@
 //	flockctl [-addr host:port] [-key K] [-json] [-timeout D] <command line>
 //	flockctl -key s3cret workers
 //	flockctl restart all '{"timeout":10000}'
+//	flockctl top [-n N] [-every D]     the workers, refreshed, as top does
 //
 // The key comes from -key or $FLOCK_ACCESS_KEY. Exit status: 0 when the
 // command succeeded, 1 when it failed (the service answered with an error),
@@ -54,27 +55,12 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "flockctl: no access key: give -key or set FLOCK_ACCESS_KEY")
 		return 2
 	}
-	req, err := http.NewRequest(http.MethodPost, "http://"+*addr+"/cli?cmd="+url.QueryEscape(line), nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "flockctl: -addr %q: %v\n", *addr, err)
-		return 2
+	if fs.Arg(0) == "top" {
+		return top(fs.Args()[1:], *addr, *key, stdout, stderr)
 	}
-	req.Header.Set("Authorization", "Bearer "+*key)
-	resp, err := (&http.Client{Timeout: *timeout}).Do(req)
-	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
-			fmt.Fprintf(stderr, "flockctl: nothing answers on %s (is the service running, with an access key?): %v\n", *addr, op.Err)
-		} else {
-			fmt.Fprintf(stderr, "flockctl: %v\n", err)
-		}
-		return 3
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		fmt.Fprintf(stderr, "flockctl: reading the answer: %v\n", err)
-		return 3
+	body, resp, code := call(*addr, *key, line, *timeout, stderr)
+	if code != 0 {
+		return code
 	}
 	text := strings.TrimSpace(string(body))
 	switch {
@@ -90,4 +76,32 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, command.Readable(body))
 	}
 	return 0
+}
+
+// call sends line to the command surface at addr; code is non-zero (the
+// exit status) when it could not, having said why on stderr.
+func call(addr, key, line string, timeout time.Duration, stderr io.Writer) ([]byte, *http.Response, int) {
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/cli?cmd="+url.QueryEscape(line), nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "flockctl: -addr %q: %v\n", addr, err)
+		return nil, nil, 2
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := (&http.Client{Timeout: timeout}).Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			fmt.Fprintf(stderr, "flockctl: nothing answers on %s (is the service running, with an access key?): %v\n", addr, op.Err)
+		} else {
+			fmt.Fprintf(stderr, "flockctl: %v\n", err)
+		}
+		return nil, nil, 3
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		fmt.Fprintf(stderr, "flockctl: reading the answer: %v\n", err)
+		return nil, nil, 3
+	}
+	return body, resp, 0
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -63,6 +64,17 @@ func TestFlockctl(t *testing.T) {
 	code, _, errOut = ctl("-addr", nobody, "info")
 	assert.Equal(t, 3, code)
 	assert.Contains(t, errOut, "flockctl: nothing answers on "+nobody)
+
+	// top: frames of the workers' table (not a terminal: one after another).
+	code, out, _ = ctl("-addr", addr, "-key", "k3y", "top", "-n", "2", "-every", "10ms")
+	assert.Equal(t, 0, code)
+	assert.Equal(t, 2, strings.Count(out, "GROUP  STATE"), "two frames: %s", out)
+	ready := a.Events("ready")
+	for _, r := range ready[len(ready)-2:] { // the workers now
+		assert.Regexp(t, fmt.Sprintf(`\b%d +main +ready\b`, r.Int("pid")), out)
+	}
+	code, _, _ = ctl("-addr", addr, "-key", "k3y", "top", "extra")
+	assert.Equal(t, 2, code)
 
 	code, _, _ = ctl("-addr", addr)
 	assert.Equal(t, 2, code, "no command line")
