@@ -2,11 +2,12 @@
 //
 //   - how long a scrape of /metrics takes with 16 workers that each
 //     report 100 application series (and a histogram), merged;
+//
 //   - whether scraping every second changes the application's throughput:
 //     wrk against 2 workers, in alternating rounds with and without a
 //     scraper, the ratio of requests per second.
 //
-//	go run ./bench/metrics [-rounds 7] [-d 5s]
+//     go run ./bench/metrics [-rounds 7] [-d 5s]
 //
 // It runs itself as the application (FLOCK_BENCH_APP set) on loopback, and
 // kills every process it started (by process group) when it ends. Needs
@@ -233,7 +234,7 @@ func throughput(rounds int, d time.Duration) {
 
 func runtimeCPUs() int {
 	b, _ := os.ReadFile("/proc/cpuinfo")
-	return strings.Count(string(b), "\nprocessor")+1
+	return strings.Count(string(b), "\nprocessor") + 1
 }
 
 func goVersion() string {
