@@ -24,6 +24,8 @@ type Status struct {
 	Listens []Listener     `json:"listeners"` // every listener, with its address as bound
 	Groups  []string       `json:"groups"`    // the worker groups: the first is Addr's, the signals' one
 	Queues  []Queue        `json:"queues"`    // each listener's accept queues, read when asked
+	Backoff int            `json:"backoff"`   // slots waiting out a crash's back-off before their next worker
+	Rolling bool           `json:"rolling"`   // a rolling restart (HUP, restart, recycling) is under way
 	Recent  []Recent       `json:"recent"`    // the last events, oldest first
 	Binary  Binary         `json:"binary"`    // what new workers start from
 	Build   BuildInfo      `json:"build"`
@@ -148,6 +150,8 @@ type snapshot struct {
 	disabled bool
 	bin      Binary
 	ready    int // slots whose worker is ready
+	backoff  int // slots waiting out a crash's back-off
+	rolling  bool
 	workers  []workerSnap
 }
 
@@ -163,7 +167,12 @@ func (s masterState) public() MasterState {
 }
 
 func (m *master) publish() {
-	s := &snapshot{state: m.state, disabled: m.disabled, bin: m.bin.public()}
+	s := &snapshot{state: m.state, disabled: m.disabled, bin: m.bin.public(), rolling: m.roll != nil}
+	for _, sl := range m.slots {
+		if sl.state == slotBackoff {
+			s.backoff++
+		}
+	}
 	for _, w := range m.workers {
 		st := WorkerStarting
 		switch w.state {
@@ -192,7 +201,7 @@ func (m *master) publish() {
 // snapshot and what never changes.
 func (m *master) status(mon *monitor) Status {
 	s := m.snap.Load()
-	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(),
+	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(), Backoff: s.backoff, Rolling: s.rolling,
 		Addr: m.listenAddr(), Binary: s.bin, Build: build(), Workers: make([]WorkerStatus, len(s.workers))}
 	for _, g := range m.groups { // set before any other goroutine runs, never changed
 		st.Groups = append(st.Groups, g.name)

@@ -161,7 +161,7 @@ func (x *extension) serve(w http.ResponseWriter, r *http.Request) {
 	fams := append(m.families(), x.sup.families(st)...)
 	x.mu.Unlock()
 	slices.SortFunc(fams, func(a, b *dto.MetricFamily) int { return cmpString(a.GetName(), b.GetName()) })
-	format := expfmt.Negotiate(r.Header)
+	format := expfmt.NegotiateIncludingOpenMetrics(r.Header)
 	w.Header().Set("Content-Type", string(format))
 	enc := expfmt.NewEncoder(w, format)
 	for _, f := range fams {

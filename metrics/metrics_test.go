@@ -153,6 +153,17 @@ func TestMergedCountersThroughRestarts(t *testing.T) {
 	assert.Equal(t, 1.0, gaugeWith(fams, "flock_ecv", "state", "AVAILABLE"))
 	assert.Equal(t, 0.0, gaugeWith(fams, "flock_listener_queued", "listener", "main"), "nothing waits once the load is over")
 	assert.Positive(t, gaugeWith(fams, "flock_listener_queue_max", "listener", "main"))
+	assert.Len(t, fams["flock_worker_cpu_seconds_total"].GetMetric(), 2)
+	assert.Equal(t, 0.0, fams["flock_rolling"].Metric[0].GetGauge().GetValue())
+	assert.Equal(t, 0.0, fams["flock_backoff_slots"].Metric[0].GetGauge().GetValue())
+
+	req, err := http.NewRequest("GET", "http://"+a.Monitor+"/metrics", nil)
+	require.NoError(t, err)
+	req.Header.Set("Accept", "application/openmetrics-text;version=1.0.0")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Contains(t, resp.Header.Get("Content-Type"), "application/openmetrics-text", "OpenMetrics when the scraper asks")
 
 	if promtool, err := exec.LookPath("promtool"); err == nil {
 		resp, err := http.Get("http://" + a.Monitor + "/metrics")

@@ -1,7 +1,10 @@
 package metrics
 
 import (
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flockhq/flock"
@@ -17,9 +20,12 @@ import (
 //	flock_rolls_total{result}          rolling restarts done or failed
 //	flock_roll_last_seconds            how long the last successful roll took
 //	flock_workers{group,state}         workers by state (starting, ready, stopping)
+//	flock_backoff_slots                slots waiting out a crash's back-off
+//	flock_rolling                      1 while a rolling restart is under way
 //	flock_ecv{state}                   1 for the monitor's state (AVAILABLE, DISABLED, WARNING)
 //	flock_worker_rss_bytes{worker,group}        per live worker
 //	flock_worker_uptime_seconds{worker,group}
+//	flock_worker_cpu_seconds_total{worker,group} user and system CPU time (from /proc)
 //	flock_worker_requests_total{worker,group}   what it served (flock's own workers)
 //	flock_worker_connections_open{worker,group}
 //	flock_listener_queued{listener}             connections accepted by the kernel, not yet by a worker
@@ -69,6 +75,8 @@ func (s *supervisor) families(st flock.Status) []*dto.MetricFamily {
 		counter("flock_exits_total", "Worker processes exited, by reason.", "reason", s.exits),
 		counter("flock_rolls_total", "Rolling restarts, by result.", "result", s.rolls),
 		gauge("flock_roll_last_seconds", "How long the last successful rolling restart took.", s.lastRoll.Seconds()),
+		gauge("flock_backoff_slots", "Worker slots waiting out a crash's back-off before their next worker.", float64(st.Backoff)),
+		gauge("flock_rolling", "1 while a rolling restart is under way.", map[bool]float64{true: 1}[st.Rolling]),
 	}
 	gaveUp := family("flock_gave_up_total", "Worker slots given up after crashing past RestartsPerMinute.", dto.MetricType_COUNTER)
 	gaveUp.Metric = []*dto.Metric{{Counter: &dto.Counter{Value: proto.Float64(s.gaveUp)}}}
@@ -105,6 +113,7 @@ func (s *supervisor) families(st flock.Status) []*dto.MetricFamily {
 		byState[[2]string{w.Group, string(w.State)}]++
 		perWorker("flock_worker_rss_bytes", "Resident memory of each worker.", dto.MetricType_GAUGE, w, float64(w.RSS))
 		perWorker("flock_worker_uptime_seconds", "Time since each worker started.", dto.MetricType_GAUGE, w, time.Since(w.Started).Seconds())
+		perWorker("flock_worker_cpu_seconds_total", "User and system CPU time of each worker's process.", dto.MetricType_COUNTER, w, cpuSeconds(w.PID))
 		perWorker("flock_worker_requests_total", "Requests each worker served (flock's own workers).", dto.MetricType_COUNTER, w, float64(w.Requests))
 		perWorker("flock_worker_connections_open", "Connections each worker has open (flock's own workers).", dto.MetricType_GAUGE, w, float64(w.ConnectionsOpen))
 	}
@@ -152,4 +161,21 @@ func sortedKeys(m map[string]float64) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// cpuSeconds is pid's user and system CPU time (/proc/PID/stat fields 14
+// and 15, in clock ticks of 1/100 s on Linux), 0 if unknown.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile("/proc/" + itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // the name may hold spaces
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100
 }
