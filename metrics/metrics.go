@@ -14,8 +14,10 @@
 //   - counters, histograms and untyped metrics are summed across workers,
 //     including the workers that have exited (their last report is kept),
 //     so a merged counter never goes backwards across HUP, recycling,
-//     TTOU or USR2's workers' exits; a worker killed with SIGKILL loses
-//     what it counted since its last report (at most a second's worth);
+//     TTOU or a crash; a worker killed with SIGKILL loses what it counted
+//     since its last report (at most a second's worth). A USR2 upgrade
+//     starts a new master, whose counts start afresh: Prometheus sees a
+//     counter reset there (rate() copes; exact totals do not);
 //   - summaries: their count and sum are summed, their quantiles cannot be
 //     and are left out;
 //   - gauges get a "worker" label (its pid), one series per live worker,
