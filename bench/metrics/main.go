@@ -5,7 +5,8 @@
 //
 //   - whether scraping every second changes the application's throughput:
 //     wrk against 2 workers, in alternating rounds with and without a
-//     scraper, the ratio of requests per second.
+//     scraper, the ratio of requests per second; and, steadier, the CPU
+//     time of all the application's processes per request at a fixed rate.
 //
 //     go run ./bench/metrics [-rounds 7] [-d 5s]
 //
@@ -25,6 +26,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -55,6 +57,8 @@ func main() {
 	scrapeTime()
 	fmt.Println()
 	throughput(*rounds, *d)
+	fmt.Println()
+	cpuPerRequest(*rounds, *d)
 }
 
 // app is the application: n workers, 100 counters and a histogram each,
@@ -201,21 +205,7 @@ func throughput(rounds int, d time.Duration) {
 		for _, scraping := range [][]bool{{false, true}, {true, false}}[r%2] {
 			done := make(chan struct{})
 			if scraping {
-				go func() {
-					t := time.NewTicker(time.Second)
-					defer t.Stop()
-					for {
-						select {
-						case <-done:
-							return
-						case <-t.C:
-							if resp, err := http.Get("http://" + monitor + "/metrics"); err == nil {
-								io.Copy(io.Discard, resp.Body)
-								resp.Body.Close()
-							}
-						}
-					}
-				}()
+				go scrapeEverySecond(monitor, done)
 			}
 			v := wrk()
 			close(done)
@@ -240,4 +230,99 @@ func runtimeCPUs() int {
 func goVersion() string {
 	out, _ := exec.Command("go", "version").Output()
 	return strings.TrimSpace(string(out))
+}
+
+// cpuPerRequest: at a fixed offered rate (bench/echoload -proto http,
+// keep-alive), the CPU time of every process of the application (master
+// and workers, utime+stime from /proc) per request, with a scrape every
+// second and without, in alternating rounds. Steadier than throughput on
+// this VM.
+func cpuPerRequest(rounds int, d time.Duration) {
+	load := filepath.Join(os.TempDir(), "flock-bench-echoload")
+	if out, err := exec.Command("go", "build", "-o", load, "./bench/echoload").CombinedOutput(); err != nil {
+		log.Fatalf("go build ./bench/echoload: %v: %s", err, out)
+	}
+	defer os.Remove(load)
+	addr, monitor, stop := start(2)
+	defer stop()
+	pid := masterPID(monitor)
+	const rate = 15000
+	run := func(scraping bool) float64 {
+		done := make(chan struct{})
+		if scraping {
+			go scrapeEverySecond(monitor, done)
+		}
+		t0 := ticks(pid)
+		out, err := exec.Command(load, "-proto", "http", "-mode", "keepalive", "-addr", addr, "-c", "32", "-d", d.String(), "-rate", strconv.Itoa(rate)).Output()
+		t1 := ticks(pid)
+		close(done)
+		if err != nil {
+			log.Fatal(err)
+		}
+		f := strings.Fields(string(out)) // "messages N failed F …"
+		n, _ := strconv.ParseFloat(f[1], 64)
+		return float64(t1-t0) * 1e4 / n // ticks of 1/100 s → µs per request
+	}
+	var ratios []float64
+	fmt.Printf("CPU per request, 2 workers, %d req/s offered (keep-alive), %v per side, with a scrape every second / without:\n", rate, d)
+	for r := range rounds {
+		var with, without float64
+		for _, scraping := range [][]bool{{false, true}, {true, false}}[r%2] {
+			if v := run(scraping); scraping {
+				with = v
+			} else {
+				without = v
+			}
+		}
+		ratios = append(ratios, with/without)
+		fmt.Printf("  round %d: with %.2f µs, without %.2f µs, ratio %.3f\n", r+1, with, without, with/without)
+	}
+	slices.Sort(ratios)
+	fmt.Printf("  median ratio %.3f (range %.3f – %.3f)\n", ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1])
+}
+
+func scrapeEverySecond(monitor string, done <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			if resp, err := http.Get("http://" + monitor + "/metrics"); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+	}
+}
+
+func masterPID(monitor string) int {
+	st, err := status(monitor)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return st.PID
+}
+
+// ticks is utime+stime of pid and all its descendants, in clock ticks.
+func ticks(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	k, _ := strconv.ParseInt(f[12], 10, 64)
+	sum := u + k
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		c, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		for _, child := range strings.Fields(string(c)) {
+			n, _ := strconv.Atoi(child)
+			sum += ticks(n)
+		}
+	}
+	return sum
 }
