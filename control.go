@@ -71,6 +71,11 @@ func (c *Controller) Handle(path string, h http.Handler) error {
 	return nil
 }
 
+// Predecessor is the pid of the master this one takes over from by USR2,
+// or 0 when it was started afresh. An extension may ask that master's
+// extension for state to carry on (package metrics does, for its counts).
+func (c *Controller) Predecessor() int { return c.m.pred }
+
 // Listen gives an extension a TCP listener on addr, from Start only. name
 // identifies it across a USR2 upgrade: the new master's extension gets the
 // same socket back from Listen, so the port is never busy and never closed

@@ -20,6 +20,7 @@ type master struct {
 	c        *config
 	log      *slog.Logger
 	groups   []*group  // the first is Addr's and Workers'
+	pred     int       // the master this one took over from (USR2), or 0
 	bin      *binary   // what new slots start from: this program, then the last full roll's
 	binaries []*binary // every binary pinned, until nothing refers to it
 	quiet    *limiter  // log lines on paths that can repeat
@@ -143,6 +144,9 @@ func (m *master) run() error {
 		return err
 	}
 	m.inh, m.extFiles = inh, map[string]*os.File{}
+	if inh != nil {
+		m.pred = os.Getppid() // the old master started this one
+	}
 	defer m.closeExtFiles()
 	if inh != nil {
 		err = m.inherit(inh)

@@ -14,10 +14,10 @@
 //   - counters, histograms and untyped metrics are summed across workers,
 //     including the workers that have exited (their last report is kept),
 //     so a merged counter never goes backwards across HUP, recycling,
-//     TTOU or a crash; a worker killed with SIGKILL loses what it counted
-//     since its last report (at most a second's worth). A USR2 upgrade
-//     starts a new master, whose counts start afresh: Prometheus sees a
-//     counter reset there (rate() copes; exact totals do not);
+//     TTOU, a crash or a USR2 upgrade (the new master takes the old one's
+//     counts, its draining workers' included: upgrade.go); a worker
+//     killed with SIGKILL loses what it counted since its last report (at
+//     most a second's worth);
 //   - summaries: their count and sum are summed, their quantiles cannot be
 //     and are left out;
 //   - gauges get a "worker" label (its pid), one series per live worker,
@@ -33,6 +33,7 @@ package metrics
 
 import (
 	"bytes"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -70,7 +71,7 @@ func New(o Options) flock.Extension {
 	if o.Path == "" {
 		o.Path = "/metrics"
 	}
-	x := &extension{o: o, live: map[int][]*dto.MetricFamily{}, gone: newMerger(nil), sup: newSupervisor()}
+	x := &extension{o: o, live: map[int][]*dto.MetricFamily{}, gone: newMerger(nil), sup: newSupervisor(), orphan: true}
 	if flock.IsWorker() {
 		flock.Report(topic, x.report)
 	}
@@ -85,6 +86,16 @@ type extension struct {
 	live map[int][]*dto.MetricFamily // each live worker's last report, by pid
 	gone *merger                     // what exited workers counted
 	sup  *supervisor
+
+	// USR2 (upgrade.go): what the predecessor's workers counted, and the
+	// hand-down to a successor.
+	inherited []*dto.MetricFamily
+	pred      int  // the predecessor's pid
+	orphan    bool // no predecessor, or it has sent its final counts
+	ln        net.Listener
+	told      chan struct{}
+	stopping  bool
+	heirAsked bool
 }
 
 // report is a worker's registry, encoded.
@@ -103,10 +114,18 @@ func (x *extension) report() []byte {
 
 func (x *extension) Start(c *flock.Controller) error {
 	x.ctl = c
+	x.tell()
+	pred := c.Predecessor()
+	x.mu.Lock()
+	x.pred, x.orphan = pred, pred == 0
+	x.mu.Unlock()
+	if pred != 0 {
+		go x.follow()
+	}
 	return c.Handle(x.o.Path, http.HandlerFunc(x.serve))
 }
 
-func (x *extension) Stop() {}
+func (x *extension) Stop() { x.handDown() }
 
 func (x *extension) Event(e flock.Event) {
 	x.mu.Lock()
@@ -145,9 +164,11 @@ func decode(data []byte) ([]*dto.MetricFamily, error) {
 // serve answers a scrape: the merged families, then the supervisor's.
 func (x *extension) serve(w http.ResponseWriter, r *http.Request) {
 	st := x.ctl.Status()
+	x.inherit() // at least what the predecessor served last
 	x.mu.Lock()
 	m := newMerger(x.o.SumGauges)
 	if !x.o.PerWorker {
+		m.add(x.inherited, "", true)
 		m.add(x.gone.families(), "", false)
 	}
 	for _, pid := range sortedPIDs(x.live) {

@@ -289,3 +289,51 @@ scrape_configs:
 	t.Logf("Prometheus: sum(flock_forks_total) = %v", forks)
 	assert.GreaterOrEqual(t, forks, 3.0+3+1+1, "first, HUP, failure and recycle forks")
 }
+
+// Across a USR2 upgrade the new master takes the old one's counts, those
+// of its draining workers included: the merged counter, scraped all along
+// on the same monitor socket, never decreases and ends equal to the
+// requests answered.
+func TestMergedCountersThroughUSR2(t *testing.T) {
+	a := start(t)
+	a.Started(3)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var backwards []string
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		last := 0.0
+		for ctx.Err() == nil {
+			resp, err := http.Get("http://" + a.Monitor + "/metrics")
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				var p expfmt.TextParser
+				if fams, err := p.TextToMetricFamilies(bytes.NewReader(b)); err == nil {
+					v := counter(fams, "app_requests_total")
+					if v < last {
+						backwards = append(backwards, fmt.Sprintf("%v after %v", v, last))
+					}
+					last = v
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	fresh := flocktest.StartLoad(t, a.URL("/"), 4, false)
+	kept := flocktest.StartLoad(t, a.URL("/"), 4, true)
+	fresh.WaitRequests(300)
+	a.Signal(syscall.SIGUSR2)
+	assert.Equal(t, 0, a.ExitCode(30*time.Second), "the old master exits once its workers drained")
+	fresh.WaitRequests(300)
+	rf, rk := fresh.Stop(), kept.Stop()
+	answered := float64(rf.OK.Load() + rk.OK.Load())
+	a.WaitUntil(fmt.Sprintf("%v requests in the new master's /metrics", answered), 10*time.Second, func() bool {
+		return counter(scrape(t, a), "app_requests_total") >= answered
+	})
+	cancel()
+	wg.Wait()
+	assert.Equal(t, answered, counter(scrape(t, a), "app_requests_total"), "merged = answered, across the upgrade")
+	assert.Empty(t, backwards, "the merged counter went backwards")
+}
