@@ -320,8 +320,10 @@ while True:
 		"access-key":   "k",
 		"command-addr": "127.0.0.1:0",
 		"workers": map[string]any{
-			"web":  map[string]any{"program": []string{"node", server}, "count": 2, "addr": "127.0.0.1:0"},
-			"jobs": map[string]any{"program": []string{python, "-c", consumer}, "ready": "now"},
+			// Prefixed output: whole lines, so that the two programs' lines
+			// never mix (inherited, a line written in two pieces can).
+			"web":  map[string]any{"program": []string{"node", server}, "count": 2, "addr": "127.0.0.1:0", "output": "prefix"},
+			"jobs": map[string]any{"program": []string{python, "-c", consumer}, "ready": "now", "output": "prefix"},
 		},
 	})
 	require.NoError(t, err)
@@ -350,7 +352,7 @@ while True:
 	require.Len(t, g["web"], 2)
 	require.Len(t, g["jobs"], 1)
 	a.WaitFor("the consumer's line", 10*time.Second, func(r flocktest.Rec) bool {
-		return r.Str("msg") == fmt.Sprintf("consumer %d LISTEN_FDS=None", g["jobs"][0])
+		return r.Str("msg") == fmt.Sprintf("[jobs %d] consumer %d LISTEN_FDS=None", g["jobs"][0], g["jobs"][0])
 	})
 	flocktest.WaitServed(a, 10*time.Second)
 
