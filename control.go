@@ -123,7 +123,9 @@ func (c *Controller) ServerErrorLog() *log.Logger {
 	return newLimitedLog(c.m.log, slog.LevelWarn, time.Second)
 }
 
-// Status describes the master and its workers now.
+// Status describes the master and its workers now. It reads the accept
+// queues on the master's goroutine (waiting for it, as the other methods
+// do); from Extension.Start it has no queues yet.
 func (c *Controller) Status() Status {
 	return c.m.status(c.m.mon)
 }

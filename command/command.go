@@ -125,8 +125,9 @@ type Options struct {
 	Console bool
 	// Version is the application's version, reported by `version`.
 	Version string
-	// OnWorker, when set, hears workerStart and workerExit, on the
-	// master's goroutine: it must return quickly.
+	// OnWorker, when set, hears workerStart and workerExit, in order, on
+	// the goroutine that delivers the master's events: it may call the
+	// Controller, and should return quickly.
 	OnWorker func(WorkerEvent)
 }
 
