@@ -59,6 +59,61 @@ func main() {
 	throughput(*rounds, *d)
 	fmt.Println()
 	cpuPerRequest(*rounds, *d)
+	fmt.Println()
+	scrapeShare(*rounds, *d)
+}
+
+// scrapeShare measures what scraping takes from the machine directly: the
+// master's CPU time (from /proc/PID/task/*/schedstat, in nanoseconds)
+// while wrk saturates 2 workers, with a scrape every second and without,
+// against the CPU time the whole application uses. A scrape runs in the
+// master only (the workers report whether anyone scrapes or not), so the
+// master's extra CPU bounds what scraping can take from the application.
+func scrapeShare(rounds int, d time.Duration) {
+	addr, monitor, stop := start(2)
+	defer stop()
+	pid := masterPID(monitor)
+	fmt.Printf("CPU the master spends on scraping every second, wrk -t1 -c32 saturating 2 workers, %v per side:\n", d)
+	var shares []float64
+	for r := range rounds {
+		var extra, app float64
+		for _, scraping := range [][]bool{{false, true}, {true, false}}[r%2] {
+			done := make(chan struct{})
+			if scraping {
+				go scrapeEverySecond(monitor, done)
+			}
+			m0, a0 := cpuNanos(pid), ticks(pid)
+			if err := exec.Command("wrk", "-t1", "-c32", "-d"+d.String(), "http://"+addr+"/").Run(); err != nil {
+				log.Fatal(err)
+			}
+			m1, a1 := cpuNanos(pid), ticks(pid)
+			close(done)
+			if scraping {
+				extra += float64(m1 - m0)
+				app = float64(a1-a0) * 1e7 // ticks of 10 ms → ns
+			} else {
+				extra -= float64(m1 - m0)
+			}
+		}
+		shares = append(shares, extra/app)
+		fmt.Printf("  round %d: master +%.2f ms with scraping, application %.0f ms: %.3f %%\n", r+1, extra/1e6, app/1e6, 100*extra/app)
+	}
+	slices.Sort(shares)
+	fmt.Printf("  median %.3f %% of the application's CPU (range %.3f – %.3f %%)\n", 100*shares[len(shares)/2], 100*shares[0], 100*shares[len(shares)-1])
+}
+
+// cpuNanos is the CPU time of every thread of pid, in nanoseconds.
+func cpuNanos(pid int) int64 {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var sum int64
+	for _, t := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			n, _ := strconv.ParseInt(f[0], 10, 64)
+			sum += n
+		}
+	}
+	return sum
 }
 
 // app is the application: n workers, 100 counters and a histogram each,
