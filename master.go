@@ -48,7 +48,8 @@ type master struct {
 	phase  atomic.Int32 // starting, looping, stopped: what Controller calls may do
 	procs  chan procEvent
 	inbox  chan func()   // timers and callers (monitor, Controller) run code here
-	done   chan struct{} // closed when the loop has returned: unblocks late senders
+	done   chan struct{} // closed when the master has stopped: unblocks late senders
+	looped chan struct{} // closed when the loop has returned, before the teardown
 	snap   atomic.Pointer[snapshot]
 	recent atomic.Pointer[[]Recent] // the last events, for the status page
 }
@@ -87,6 +88,7 @@ func runMaster(c *config) error {
 		procs:       make(chan procEvent),
 		inbox:       make(chan func()),
 		done:        make(chan struct{}),
+		looped:      make(chan struct{}),
 	}
 	for _, g := range m.groups {
 		g.launcher = c.launcher(g)
@@ -198,6 +200,7 @@ func (m *master) run() error {
 	m.phase.Store(phaseLooping)
 	m.commit()
 	err = m.loop(sigs)
+	close(m.looped) // callers stop waiting for it: the teardown below may take a while
 	m.emit(Event{Kind: EventStopped})
 	m.commit()
 	return err
@@ -282,6 +285,8 @@ func (m *master) call(fn func()) error {
 	case m.inbox <- func() { fn(); close(done) }:
 		<-done
 		return nil
+	case <-m.looped:
+		return ErrStopped
 	case <-m.done:
 		return ErrStopped
 	}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,9 +45,10 @@ type flockLauncher struct {
 }
 
 type flockProc struct {
-	cmd  *exec.Cmd
-	ctrl *os.File // the master's end of the control socket pair
-	log  *slog.Logger
+	cmd     *exec.Cmd
+	ctrl    *os.File // the master's end of the control socket pair
+	log     *slog.Logger
+	waiting atomic.Bool // the reader waits for a line, rather than handing one over
 }
 
 func (l flockLauncher) launch(s launchSpec) (proc, error) {
@@ -133,7 +135,9 @@ func (p *flockProc) read(s launchSpec, done chan<- struct{}) {
 	warned, blocks := false, false
 	br := bufio.NewReader(p.ctrl)
 	for {
+		p.waiting.Store(br.Buffered() == 0)
 		line, err := br.ReadString('\n')
+		p.waiting.Store(false)
 		if err != nil {
 			return
 		}
@@ -180,20 +184,48 @@ func (p *flockProc) read(s launchSpec, done chan<- struct{}) {
 
 // wait reaps the process and reports its exit once what it said before
 // has been read: its end of the control socket closes with it, unless a
-// process it started holds it, hence the bound.
+// process it started holds it. So, after the exit, the socket is closed
+// once the reader has waited 100 ms for a line with nothing unread; never
+// while it is handing over what it read (the master may be slow to take
+// it: its last report must not be lost).
 func (p *flockProc) wait(s launchSpec, read <-chan struct{}) {
 	p.cmd.Wait()
-	select {
-	case <-read:
-	case <-time.After(100 * time.Millisecond):
-		p.ctrl.Close() // ends the reader once it has handed over what it holds
-		<-read
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	quiet := 0
+	for open := true; open; {
+		select {
+		case <-read:
+			open = false
+		case <-s.done:
+			open = false
+		case <-tick.C:
+			if quiet++; !p.waiting.Load() || unread(p.ctrl) > 0 {
+				quiet = 0
+			}
+			if quiet >= 10 {
+				p.ctrl.Close() // ends the reader
+				<-read
+				open = false
+			}
+		}
 	}
 	p.ctrl.Close()
 	select {
 	case s.out <- procEvent{p: p, kind: procExited, state: p.cmd.ProcessState}:
 	case <-s.done:
 	}
+}
+
+// unread is how many bytes wait in socket f, 0 if unknown.
+func unread(f *os.File) int {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return n
 }
 
 // The worker's end.

@@ -100,6 +100,13 @@ func (v *servers) set(i int, s Server) {
 	x := &served{s: s}
 	if hs, ok := s.(*http.Server); ok {
 		x.hs, x.conns, x.tls = hs, newConnTracker(), hs.TLSConfig != nil
+		ownCtx := hs.ConnContext
+		hs.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			if ownCtx != nil {
+				ctx = ownCtx(ctx, c)
+			}
+			return context.WithValue(ctx, connKey{}, c) // for the handler: which connection it runs on
+		}
 		own := hs.ConnState
 		hs.ConnState = func(c net.Conn, st http.ConnState) {
 			x.conns.track(c, st)
@@ -112,9 +119,14 @@ func (v *servers) set(i int, s Server) {
 			h = http.DefaultServeMux
 		}
 		hs.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			switch x.conns.during(r.RemoteAddr) {
+			c, _ := r.Context().Value(connKey{}).(net.Conn)
+			switch x.conns.during(accepted(c)) {
 			case connClosed:
-				return // read as the drain closed its connection: the client never gets an answer, and retries
+				// Read as the drain closed its connection (the close may not
+				// have happened yet): no answer at all, not even net/http's
+				// empty 200 for a handler that wrote nothing; the client
+				// retries.
+				panic(http.ErrAbortHandler)
 			case connDraining:
 				if r.ProtoMajor == 1 {
 					w.Header().Set("Connection", "close") // the answer, then the connection closes
@@ -290,21 +302,24 @@ func drainHTTP(ctx context.Context, srv *http.Server, conns *connTracker) {
 	}
 }
 
+// connKey is the context key of a request's connection (as accepted).
+type connKey struct{}
+
 // connTracker follows the HTTP/1 connections a drain must wait for, by
-// remote address (unique among open connections; the handler knows it).
+// the connection as accepted (a TLS connection's underlying one).
 // Hijacked connections are the handler's business; HTTP/2 connections are
-// drained by Shutdown's GOAWAY, which loses nothing.
+// left to Shutdown's GOAWAY, which loses nothing.
 type connTracker struct {
 	live atomic.Int64 // open now (a hijacked one leaves the count when hijacked)
 
 	mu       sync.Mutex
-	open     map[string]*tracked
+	open     map[net.Conn]*tracked
 	none     chan struct{} // closed while open is empty
 	draining bool
 }
 
 type tracked struct {
-	c      net.Conn
+	c      net.Conn // as the hooks see it (a *tls.Conn for TLS)
 	state  http.ConnState
 	since  time.Time // in this state
 	closed bool      // by the drain
@@ -320,15 +335,23 @@ const (
 )
 
 func newConnTracker() *connTracker {
-	t := &connTracker{open: map[string]*tracked{}, none: make(chan struct{})}
+	t := &connTracker{open: map[net.Conn]*tracked{}, none: make(chan struct{})}
 	close(t.none)
 	return t
 }
 
+// accepted is the connection as Accept returned it.
+func accepted(c net.Conn) net.Conn {
+	if tc, ok := c.(*tls.Conn); ok {
+		return tc.NetConn()
+	}
+	return c
+}
+
 func (t *connTracker) track(c net.Conn, s http.ConnState) {
+	key := accepted(c)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	key := c.RemoteAddr().String()
 	switch s {
 	case http.StateNew:
 		t.live.Add(1)
@@ -337,14 +360,11 @@ func (t *connTracker) track(c net.Conn, s http.ConnState) {
 		}
 		t.open[key] = &tracked{c: c, state: s, since: time.Now()}
 	case http.StateActive, http.StateIdle:
-		if tc, ok := c.(*tls.Conn); ok && s == http.StateActive && tc.ConnectionState().NegotiatedProtocol == "h2" {
-			t.forget(key)
-			return
-		}
 		if x := t.open[key]; x != nil {
 			x.state, x.since = s, time.Now()
-			if s == http.StateIdle && t.draining {
-				t.closeLocked(x)
+			if s == http.StateIdle && t.draining && !x.closed {
+				x.closed = true
+				go x.c.Close() // not under the lock: a TLS close writes
 			}
 		}
 	case http.StateClosed, http.StateHijacked:
@@ -353,7 +373,7 @@ func (t *connTracker) track(c net.Conn, s http.ConnState) {
 	}
 }
 
-func (t *connTracker) forget(key string) {
+func (t *connTracker) forget(key net.Conn) {
 	if _, ok := t.open[key]; ok {
 		delete(t.open, key)
 		if len(t.open) == 0 {
@@ -372,29 +392,46 @@ func (t *connTracker) drain() {
 }
 
 // closeIdle closes the connections that wait for a request: idle ones,
-// and new ones silent for 5 s (http.Server's own rule).
+// and new ones silent for 5 s (http.Server's own rule). A connection that
+// negotiated HTTP/2 stays "new" for the hooks (net/http does not report
+// it active): it is no longer tracked, and Shutdown's GOAWAY drains it.
 func (t *connTracker) closeIdle() {
+	var quiet []*tracked
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	for _, x := range t.open {
-		if x.state == http.StateIdle || x.state == http.StateNew && time.Since(x.since) >= 5*time.Second {
-			t.closeLocked(x)
+		if x.state == http.StateNew && time.Since(x.since) >= 5*time.Second {
+			quiet = append(quiet, x)
 		}
 	}
-}
-
-func (t *connTracker) closeLocked(x *tracked) {
-	if !x.closed {
-		x.closed = true
-		x.c.Close()
+	t.mu.Unlock()
+	var h2 []*tracked
+	for _, x := range quiet { // the TLS state, not under the lock
+		if tc, ok := x.c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
+			h2 = append(h2, x)
+		}
+	}
+	var closing []net.Conn
+	t.mu.Lock()
+	for _, x := range h2 {
+		t.forget(accepted(x.c))
+	}
+	for _, x := range t.open {
+		if !x.closed && (x.state == http.StateIdle || x.state == http.StateNew && time.Since(x.since) >= 5*time.Second) {
+			x.closed = true
+			closing = append(closing, x.c)
+		}
+	}
+	t.mu.Unlock()
+	for _, c := range closing {
+		c.Close()
 	}
 }
 
-// during says what a request read on the connection from remote finds.
-func (t *connTracker) during(remote string) connPhase {
+// during says what a request read on connection c (as accepted) finds.
+func (t *connTracker) during(c net.Conn) connPhase {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	switch x := t.open[remote]; {
+	switch x := t.open[c]; {
 	case x != nil && x.closed:
 		return connClosed
 	case t.draining:

@@ -3,8 +3,8 @@ package flock
 import (
 	"bytes"
 	_ "embed"
+	"encoding/json"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -35,7 +35,8 @@ func servePage(w http.ResponseWriter, ecvPath string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
-	w.Write(bytes.Replace(statusPage, []byte(`"ECV_PATH"`), []byte(strconv.Quote(ecvPath)), 1))
+	js, _ := json.Marshal(ecvPath) // escapes <, > and &: safe inside <script>
+	w.Write(bytes.Replace(statusPage, []byte(`"ECV_PATH"`), js, 1))
 }
 
 // Recent is an event as the status page lists it.

@@ -90,6 +90,7 @@ type extension struct {
 	// USR2 (upgrade.go): what the predecessor's workers counted, and the
 	// hand-down to a successor.
 	inherited []*dto.MetricFamily
+	fetching  sync.Mutex
 	pred      int  // the predecessor's pid
 	orphan    bool // no predecessor, or it has sent its final counts
 	ln        net.Listener

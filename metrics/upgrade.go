@@ -103,6 +103,8 @@ func (x *extension) follow() {
 // inherit fetches the predecessor's counts once, and reports whether more
 // are to come.
 func (x *extension) inherit() bool {
+	x.fetching.Lock() // one at a time: an older answer must not overwrite a newer one
+	defer x.fetching.Unlock()
 	x.mu.Lock()
 	done, pred := x.orphan, x.pred
 	x.mu.Unlock()
