@@ -90,11 +90,11 @@
 // supervise.go (readiness, heartbeat, exits, back-off), scale.go,
 // shutdown.go, roll.go (readiness-gated replacement), recycle.go,
 // sockets.go (slot sockets and spares), resources.go (the descriptor
-// budget), upgrade.go (USR2), events.go, status.go, control.go (the
+// budget), upgrade.go and inherit.go (USR2, both sides), events.go, status.go, control.go (the
 // Controller), ecv.go (the monitor), signals.go, ratelimit.go, pidfile.go,
 // sdnotify.go, run.go (Run, Worker, Listener), worker.go (the worker
 // side), server.go (Server, the servers of a worker and their drain, the
-// lossless one of *http.Server), single.go (Options.Single), options.go
+// lossless one of *http.Server, with conntrack.go), single.go (Options.Single), options.go
 // (defaults and validation); for Supervise: program.go (Program),
 // activation.go (the foreign kind of worker: socket activation and the
 // exec shim), notify.go (its NOTIFY_SOCKET), output.go (its output),
