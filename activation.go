@@ -224,13 +224,5 @@ func (p *foreignProc) wait(s launchSpec, said *sync.WaitGroup) {
 // when it is ready. The backlog is the kernel's maximum (somaxconn), as Go
 // asks for; listening again only changes it.
 func listen(f *os.File) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var lerr error
-	if err := rc.Control(func(fd uintptr) { lerr = unix.Listen(int(fd), 65535) }); err != nil {
-		return err
-	}
-	return lerr
+	return withFD(f, func(fd int) error { return unix.Listen(fd, 65535) })
 }

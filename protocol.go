@@ -219,12 +219,8 @@ func (p *flockProc) wait(s launchSpec, read <-chan struct{}) {
 
 // unread is how many bytes wait in socket f, 0 if unknown.
 func unread(f *os.File) int {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0
-	}
 	n := 0
-	rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	withFD(f, func(fd int) (err error) { n, err = unix.IoctlGetInt(fd, unix.SIOCINQ); return err })
 	return n
 }
 

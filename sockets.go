@@ -1,7 +1,6 @@
 package flock
 
 import (
-	"cmp"
 	"fmt"
 	"log/slog"
 	"net"
@@ -258,17 +257,15 @@ func (m *master) adoptSpares(w *worker) {
 func (m *master) queues() []Queue {
 	out := make([]Queue, len(m.addrs))
 	add := func(i int, f *os.File) {
-		rc, err := f.SyscallConn()
-		if err != nil {
-			return
-		}
-		rc.Control(func(fd uintptr) {
-			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && ti.State == unix.BPF_TCP_LISTEN {
+		withFD(f, func(fd int) error {
+			ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			if err == nil && ti.State == unix.BPF_TCP_LISTEN {
 				// On a listening socket, unacked is the accept queue's
 				// length and sacked its backlog.
 				out[i].Queued += int(ti.Unacked)
 				out[i].Max += int(ti.Sacked)
 			}
+			return err
 		})
 	}
 	for i, a := range m.addrs {
@@ -354,17 +351,25 @@ func sockAddr(sa unix.Sockaddr) (net.IP, int) {
 	return nil, 0
 }
 
+// withFD runs fn on c's descriptor, and returns what failed first.
+func withFD(c syscall.Conn, fn func(fd int) error) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	if cerr := rc.Control(func(fd uintptr) { err = fn(int(fd)) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
 // dupFile copies a listener's descriptor into an os.File without
 // TCPListener.File, whose Fd (called by os/exec) would switch the socket,
 // shared with the listener, to blocking mode.
 func dupFile(ln syscall.Conn, name string) (*os.File, error) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
 	var fd int
-	cerr := rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
-	if err = cmp.Or(cerr, err); err != nil {
+	err := withFD(ln, func(s int) (err error) { fd, err = unix.FcntlInt(uintptr(s), unix.F_DUPFD_CLOEXEC, 0); return err })
+	if err != nil {
 		return nil, err
 	}
 	return os.NewFile(uintptr(fd), name), nil

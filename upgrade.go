@@ -2,7 +2,6 @@ package flock
 
 import (
 	"bufio"
-	"cmp"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -233,13 +232,8 @@ func (m *master) cancelUpgrade(why string) {
 	}
 }
 
-func sockName(f *os.File) (unix.Sockaddr, error) {
-	var sa unix.Sockaddr
-	rc, err := f.SyscallConn()
-	if err == nil {
-		cerr := rc.Control(func(fd uintptr) { sa, err = unix.Getsockname(int(fd)) })
-		err = cmp.Or(cerr, err)
-	}
+func sockName(f *os.File) (sa unix.Sockaddr, err error) {
+	err = withFD(f, func(fd int) error { sa, err = unix.Getsockname(fd); return err })
 	return sa, err
 }
 

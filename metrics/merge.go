@@ -119,12 +119,3 @@ func labelKey(ls []*dto.LabelPair) string {
 func cmpString(a, b string) int { return strings.Compare(a, b) }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
-func sortedPIDs[V any](m map[int]V) []int {
-	out := make([]int, 0, len(m))
-	for pid := range m {
-		out = append(out, pid)
-	}
-	slices.Sort(out)
-	return out
-}

@@ -33,6 +33,7 @@ package metrics
 
 import (
 	"bytes"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -172,7 +173,7 @@ func (x *extension) serve(w http.ResponseWriter, r *http.Request) {
 		m.add(x.inherited, "", true)
 		m.add(x.gone.families(), "", false)
 	}
-	for _, pid := range sortedPIDs(x.live) {
+	for _, pid := range slices.Sorted(maps.Keys(x.live)) {
 		worker := ""
 		if x.o.PerWorker {
 			worker = itoa(pid)

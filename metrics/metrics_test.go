@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -86,6 +85,39 @@ func scrape(t *testing.T, a *flocktest.App) map[string]*dto.MetricFamily {
 	return fams
 }
 
+// watchCounter scrapes a's /metrics over and over, each scrape as soon as
+// the last one has returned, until the function it returns is called; that
+// stops it and says each time the counter name went backwards. A scrape
+// that fails (the monitor changing masters) is skipped.
+func watchCounter(a *flocktest.App, name string) (stop func() []string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan []string, 1)
+	go func() {
+		var backwards []string
+		last := 0.0
+		for ctx.Err() == nil {
+			resp, err := http.Get("http://" + a.Monitor + "/metrics")
+			if err != nil {
+				continue
+			}
+			var p expfmt.TextParser
+			fams, err := p.TextToMetricFamilies(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				continue
+			}
+			v := counter(fams, name)
+			if v < last {
+				backwards = append(backwards, fmt.Sprintf("%v after %v", v, last))
+			}
+			last = v
+		}
+		done <- backwards
+	}()
+	a.T().Cleanup(cancel)
+	return func() []string { cancel(); return <-done }
+}
+
 func counter(fams map[string]*dto.MetricFamily, name string) float64 {
 	sum := 0.0
 	if f := fams[name]; f != nil {
@@ -103,28 +135,7 @@ func counter(fams map[string]*dto.MetricFamily, name string) float64 {
 func TestMergedCountersThroughRestarts(t *testing.T) {
 	a := start(t)
 	a.Started(3)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var backwards []string
-	var mu sync.Mutex
-	wg.Add(1)
-	go func() { // scrapes all along: the counter must never decrease
-		defer wg.Done()
-		last := 0.0
-		for ctx.Err() == nil {
-			v := counter(scrape(t, a), "app_requests_total")
-			if v < last {
-				mu.Lock()
-				backwards = append(backwards, fmt.Sprintf("%v after %v", v, last))
-				mu.Unlock()
-			}
-			last = v
-			select {
-			case <-ctx.Done():
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
+	watch := watchCounter(a, "app_requests_total")
 	fresh := flocktest.StartLoad(t, a.URL("/"), 4, false)
 	kept := flocktest.StartLoad(t, a.URL("/"), 4, true)
 	fresh.WaitRequests(300)
@@ -139,11 +150,9 @@ func TestMergedCountersThroughRestarts(t *testing.T) {
 	a.WaitUntil(fmt.Sprintf("%v requests in /metrics", answered), 10*time.Second, func() bool {
 		return counter(scrape(t, a), "app_requests_total") >= answered
 	})
-	cancel()
-	wg.Wait()
 	fams := scrape(t, a)
 	assert.Equal(t, answered, counter(fams, "app_requests_total"), "merged = answered")
-	assert.Empty(t, backwards, "the merged counter went backwards")
+	assert.Empty(t, watch(), "the merged counter went backwards")
 	h := fams["app_request_seconds"].Metric[0].GetHistogram()
 	assert.Equal(t, uint64(answered), h.GetSampleCount(), "the histogram merges too")
 	assert.Equal(t, uint64(answered), h.Bucket[len(h.Bucket)-1].GetCumulativeCount())
@@ -306,30 +315,7 @@ scrape_configs:
 func TestMergedCountersThroughUSR2(t *testing.T) {
 	a := start(t)
 	a.Started(3)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var backwards []string
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		last := 0.0
-		for ctx.Err() == nil {
-			resp, err := http.Get("http://" + a.Monitor + "/metrics")
-			if err == nil {
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				var p expfmt.TextParser
-				if fams, err := p.TextToMetricFamilies(bytes.NewReader(b)); err == nil {
-					v := counter(fams, "app_requests_total")
-					if v < last {
-						backwards = append(backwards, fmt.Sprintf("%v after %v", v, last))
-					}
-					last = v
-				}
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
+	watch := watchCounter(a, "app_requests_total") // the monitor's socket goes to the new master
 	fresh := flocktest.StartLoad(t, a.URL("/"), 4, false)
 	kept := flocktest.StartLoad(t, a.URL("/"), 4, true)
 	fresh.WaitRequests(300)
@@ -341,8 +327,6 @@ func TestMergedCountersThroughUSR2(t *testing.T) {
 	a.WaitUntil(fmt.Sprintf("%v requests in the new master's /metrics", answered), 10*time.Second, func() bool {
 		return counter(scrape(t, a), "app_requests_total") >= answered
 	})
-	cancel()
-	wg.Wait()
 	assert.Equal(t, answered, counter(scrape(t, a), "app_requests_total"), "merged = answered, across the upgrade")
-	assert.Empty(t, backwards, "the merged counter went backwards")
+	assert.Empty(t, watch(), "the merged counter went backwards")
 }

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -65,7 +66,7 @@ func (s *supervisor) event(e flock.Event) {
 func (s *supervisor) families(st flock.Status) []*dto.MetricFamily {
 	counter := func(name, help, label string, by map[string]float64) *dto.MetricFamily {
 		f := family(name, help, dto.MetricType_COUNTER)
-		for _, k := range sortedKeys(by) {
+		for _, k := range slices.Sorted(maps.Keys(by)) {
 			f.Metric = append(f.Metric, &dto.Metric{Label: labels(label, k), Counter: &dto.Counter{Value: proto.Float64(by[k])}})
 		}
 		return f
@@ -151,15 +152,6 @@ func labels(kv ...string) []*dto.LabelPair {
 	for i := 0; i+1 < len(kv); i += 2 {
 		out = append(out, &dto.LabelPair{Name: proto.String(kv[i]), Value: proto.String(kv[i+1])})
 	}
-	return out
-}
-
-func sortedKeys(m map[string]float64) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
 	return out
 }
 

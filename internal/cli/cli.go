@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -146,7 +147,7 @@ func LoadConfig(fs *flag.FlagSet, path string, extra ...string) (map[string]json
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	rest := map[string]json.RawMessage{}
-	for _, k := range sortedKeys(keys) {
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
 		raw := keys[k]
 		if slices.Contains(extra, k) {
 			rest[k] = raw
@@ -197,15 +198,6 @@ func scalars(raw json.RawMessage) ([]string, error) {
 	return out, nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
 // Duration is a flag.Value for a duration that may also be one of named
 // values (for example -ready notify).
 type Duration struct {
@@ -232,7 +224,7 @@ func (d Duration) Set(s string) error {
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil || v < 0 {
-		return fmt.Errorf("%q: want a duration or one of %q", s, sortedKeys(d.Names))
+		return fmt.Errorf("%q: want a duration or one of %q", s, slices.Sorted(maps.Keys(d.Names)))
 	}
 	*d.D = v
 	return nil
