@@ -191,7 +191,7 @@ func (c *Controller) Upgrade(o RestartOptions) (int, error) {
 }
 
 func (c *Controller) roll(kind rollKind, o RestartOptions) (int, error) {
-	if o.Executable != "" && c.m.groups[0].program != nil {
+	if o.Executable != "" && c.m.c.groups[0].program != nil { // the first group never changes
 		return 0, fmt.Errorf("executable %s: a program's workers start from its Program.Path, as on disk at each start; restart runs what is there now", o.Executable)
 	}
 	exe := o.Executable

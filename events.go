@@ -83,6 +83,10 @@ type Event struct {
 	Kind EventKind
 	PID  int // the worker's pid (worker events), or the new master's (EventUpgrade)
 	Slot int // the worker's slot (worker and slot events)
+	// Group is the worker group of the worker or slot (worker and slot
+	// events): Supervise's program's name, "main" (Serve, Run), or a
+	// WorkerGroup's Name.
+	Group string
 
 	Start  StartReason   // EventForked
 	Exit   ExitReason    // EventExited
@@ -170,6 +174,12 @@ func (m *master) logEvent(e Event) {
 	case EventGaveUp:
 		level = slog.LevelError
 		attrs = append(attrs, "slot", e.Slot, "reason", e.Err.Error())
+	case EventForked, EventReady, EventExited:
+		if len(m.groups) > 1 { // which program, when there are several
+			attrs = append(attrs, "group", e.Group)
+		}
+	}
+	switch e.Kind {
 	case EventForked:
 		attrs = append(attrs, "pid", e.PID, "slot", e.Slot, "reason", string(e.Start))
 	case EventReady:

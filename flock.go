@@ -285,10 +285,11 @@ type Options struct {
 	// are ignored.
 	Single bool
 
-	// WorkerGroups are more programs under Supervise's master, beside its
-	// Program (the first group, on Addr and Listeners, with Workers
-	// workers): each with its own command line, workers and listeners, or
-	// none. TTIN and TTOU act on the first group; HUP rolls every group.
+	// WorkerGroups are more programs under the master, beside its own
+	// workers (the first group, on Addr and Listeners, with Workers
+	// workers: Supervise's Program, or this program under Serve and Run):
+	// each with its own command line, workers and listeners, or none. TTIN
+	// and TTOU act on the first group; HUP rolls every group.
 	WorkerGroups []WorkerGroup
 }
 

@@ -3,6 +3,7 @@ package flock
 import (
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -82,39 +83,125 @@ func (c *config) resolveGroups(p *Program) error {
 		first.name = p.Name
 	}
 	c.groups = []*group{first}
-	if len(c.Options.WorkerGroups) > 0 && p == nil {
-		return errors.New("flock: WorkerGroups: only Supervise runs groups (Serve and Run run this program)")
+	if len(c.Options.WorkerGroups) > 0 && c.Single {
+		return errors.New("flock: WorkerGroups: Single runs no master, so no group")
 	}
 	for i, g := range c.Options.WorkerGroups {
-		what := fmt.Sprintf("flock: WorkerGroups[%d] %q", i, g.Name)
-		switch {
-		case g.Name == "":
-			return fmt.Errorf("flock: WorkerGroups[%d]: needs a Name", i)
-		case strings.Contains(g.Name, ":"):
-			return fmt.Errorf("%s: no colons in a name (LISTEN_FDNAMES separates names with them)", what)
-		case slices.ContainsFunc(c.groups, func(x *group) bool { return x.name == g.Name }):
-			return fmt.Errorf("%s: the name is taken", what)
-		case g.Workers < 0:
-			return fmt.Errorf("%s: Workers %d: must be at least 1 (0 means 1)", what, g.Workers)
+		ng, err := c.newGroup(g, c.groups)
+		if err != nil {
+			return fmt.Errorf("flock: WorkerGroups[%d]%w", i, err)
 		}
-		prog := g.Program
-		if err := checkProgram(&prog); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		lns := g.Listeners
-		if g.Addr != "" {
-			lns = append([]Listener{{Name: g.Name, Addr: g.Addr}}, lns...)
-		}
-		ng := &group{name: g.Name, program: &prog, workers: max(g.Workers, 1), lo: len(c.listeners)}
-		for j, l := range lns {
-			if err := c.addListener(l); err != nil {
-				return fmt.Errorf("%s: listener %d: %w", what, j, err)
-			}
-		}
-		ng.hi = len(c.listeners)
 		c.groups = append(c.groups, ng)
 	}
 	return nil
+}
+
+// newGroup checks g against the groups there are and makes it, its
+// listeners added to the list. An error begins with what follows
+// "WorkerGroups[i]" in a message.
+func (c *config) newGroup(g WorkerGroup, groups []*group) (*group, error) {
+	what := fmt.Sprintf(" %q", g.Name)
+	switch {
+	case g.Name == "":
+		return nil, errors.New(": needs a Name")
+	case strings.Contains(g.Name, ":"):
+		return nil, fmt.Errorf("%s: no colons in a name (LISTEN_FDNAMES separates names with them)", what)
+	case slices.ContainsFunc(groups, func(x *group) bool { return x.name == g.Name }):
+		return nil, fmt.Errorf("%s: the name is taken", what)
+	case g.Workers < 0:
+		return nil, fmt.Errorf("%s: Workers %d: must be at least 1 (0 means 1)", what, g.Workers)
+	}
+	prog := g.Program
+	if err := checkProgram(&prog); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	lns := g.Listeners
+	if g.Addr != "" {
+		lns = append([]Listener{{Name: g.Name, Addr: g.Addr}}, lns...)
+	}
+	ng := &group{name: g.Name, program: &prog, workers: max(g.Workers, 1), lo: len(c.listeners)}
+	for j, l := range lns {
+		if err := c.addListener(l); err != nil {
+			c.listeners = c.listeners[:ng.lo]
+			return nil, fmt.Errorf("%s: listener %d: %w", what, j, err)
+		}
+	}
+	ng.hi = len(c.listeners)
+	return ng, nil
+}
+
+// AddGroup adds a worker group to the running master and starts its
+// Workers workers (0 means 1), as WorkerGroups does at start: under
+// Supervise, Serve or Run alike. Its listeners are bound as its first
+// worker starts: a busy port fails the call, and the group is not added.
+// A group added this way is not handed down by USR2: the new master runs
+// the groups its options name.
+func (c *Controller) AddGroup(g WorkerGroup) error {
+	return c.do(func(m *master) error {
+		ng, err := m.c.newGroup(g, m.groups)
+		if err != nil {
+			return fmt.Errorf("flock: add group%w", err)
+		}
+		for _, l := range m.c.listeners[ng.lo:ng.hi] {
+			addr, err := net.ResolveTCPAddr("tcp", l.Addr)
+			if err != nil {
+				m.c.listeners = m.c.listeners[:ng.lo]
+				return fmt.Errorf("flock: listen %s: %v", l.Addr, err)
+			}
+			host, _, _ := net.SplitHostPort(l.Addr)
+			m.addrs = append(m.addrs, &bound{name: l.Name, host: host, ip: addr.IP, port: addr.Port})
+		}
+		ng.launcher = m.c.launcher(ng)
+		m.groups = append(m.groups, ng)
+		for i := range ng.workers {
+			if err := m.addSlot(ng); err != nil && i == 0 { // nothing bound: as if never added
+				m.groups, m.addrs, m.c.listeners = m.groups[:len(m.groups)-1], m.addrs[:ng.lo], m.c.listeners[:ng.lo]
+				return err
+			} else if err != nil {
+				return fmt.Errorf("%d of %d workers started: %w", i, ng.workers, err)
+			}
+		}
+		return nil
+	})
+}
+
+// SetGroupWorkers starts or stops workers of the group called name until
+// it has n (stopping the oldest first, each drained within
+// ShutdownTimeout). n may be 0 for any group but the first: its sockets
+// are then closed at once, so that nothing is queued where nobody will
+// accept, and the group stays, idle, for a later call to start it again.
+func (c *Controller) SetGroupWorkers(name string, n int) error {
+	return c.do(func(m *master) error {
+		g := m.group(name)
+		switch {
+		case g == nil:
+			return fmt.Errorf("%w %q (the groups are %q)", ErrNoSuchGroup, name, m.groupNames())
+		case n < 0 || n == 0 && g == m.groups[0]:
+			return fmt.Errorf("group %q: %d workers: the first group keeps at least 1, the others at least 0", name, n)
+		}
+		for have := m.groupSlots(g); have < n; have++ {
+			if err := m.addSlot(g); err != nil {
+				return err
+			}
+		}
+		for m.groupSlots(g) > n {
+			s := m.oldestSlot(g)
+			if n == 0 {
+				s.closeSockets()
+			}
+			m.retireSlot(s, m.c.ShutdownTimeout)
+			m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
+		}
+		if n == 0 {
+			m.spares = slices.DeleteFunc(m.spares, func(sp spare) bool {
+				if g.owns(sp.ln) {
+					sp.f.Close()
+				}
+				return g.owns(sp.ln)
+			})
+		}
+		return nil
+	})
 }
 
 // group is the group called name, or nil.

@@ -118,6 +118,6 @@ func TestWorkerGroupsRejects(t *testing.T) {
 		require.Error(t, err, tc.want)
 		assert.Contains(t, err.Error(), tc.want)
 	}
-	err := Run(Options{WorkerGroups: []WorkerGroup{{Name: "a", Program: ok}}}, func(*Worker) error { return nil })
-	assert.ErrorContains(t, err, "WorkerGroups: only Supervise runs groups")
+	err := Run(Options{Single: true, WorkerGroups: []WorkerGroup{{Name: "a", Program: ok}}}, func(*Worker) error { return nil })
+	assert.ErrorContains(t, err, "WorkerGroups: Single runs no master")
 }

@@ -200,7 +200,7 @@ func (m *master) replace(s *slot, r *roll) error {
 		s.next = w
 		s.to(slotReplacing)
 	}
-	m.emit(Event{Kind: EventForked, PID: w.p.Pid(), Slot: s.id, Start: r.kind.start()})
+	m.emit(Event{Kind: EventForked, PID: w.p.Pid(), Slot: s.id, Group: s.g.name, Start: r.kind.start()})
 	return nil
 }
 

@@ -47,21 +47,7 @@ func (m *master) removeSlot() {
 		m.log.Info("flock: TTOU ignored: never fewer than one worker")
 		return
 	}
-	var victim *slot
-	for _, s := range m.slots {
-		if s.state == slotRetiring || s.g != g {
-			continue
-		}
-		w := s.serving()
-		if w == nil {
-			victim = s
-			break
-		}
-		if victim == nil || w.seq < victim.serving().seq {
-			victim = s
-		}
-	}
-	m.retireSlot(victim, m.c.ShutdownTimeout)
+	m.retireSlot(m.oldestSlot(g), m.c.ShutdownTimeout)
 	m.emit(Event{Kind: EventScaled, Workers: m.activeSlots()})
 }
 
@@ -88,4 +74,23 @@ func (m *master) dropSlot(s *slot) {
 	s.to(slotGone)
 	m.slots = slices.DeleteFunc(m.slots, func(x *slot) bool { return x == s })
 	close(s.gone)
+}
+
+// oldestSlot is the slot of g to remove first: one with no worker (given
+// up, or between re-forks), else the one with the oldest worker.
+func (m *master) oldestSlot(g *group) *slot {
+	var victim *slot
+	for _, s := range m.slots {
+		if s.state == slotRetiring || s.g != g {
+			continue
+		}
+		w := s.serving()
+		if w == nil {
+			return s
+		}
+		if victim == nil || w.seq < victim.serving().seq {
+			victim = s
+		}
+	}
+	return victim
 }

@@ -153,6 +153,8 @@ type snapshot struct {
 	backoff  int // slots waiting out a crash's back-off
 	rolling  bool
 	workers  []workerSnap
+	groups   []string   // they change when an extension adds one (AddGroup)
+	listens  []Listener // with each address as bound
 }
 
 // workerSnap is a worker's status without what is read when asked: RSS,
@@ -167,7 +169,10 @@ func (s masterState) public() MasterState {
 }
 
 func (m *master) publish() {
-	s := &snapshot{state: m.state, disabled: m.disabled, bin: m.bin.public(), rolling: m.roll != nil}
+	s := &snapshot{state: m.state, disabled: m.disabled, bin: m.bin.public(), rolling: m.roll != nil, groups: m.groupNames()}
+	for _, a := range m.addrs {
+		s.listens = append(s.listens, Listener{Name: a.name, Addr: a.String()})
+	}
 	for _, sl := range m.slots {
 		if sl.state == slotBackoff {
 			s.backoff++
@@ -202,13 +207,7 @@ func (m *master) publish() {
 func (m *master) status(mon *monitor) Status {
 	s := m.snap.Load()
 	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(), Backoff: s.backoff, Rolling: s.rolling,
-		Addr: m.listenAddr(), Binary: s.bin, Build: build(), Workers: make([]WorkerStatus, len(s.workers))}
-	for _, g := range m.groups { // set before any other goroutine runs, never changed
-		st.Groups = append(st.Groups, g.name)
-	}
-	for _, a := range m.addrs { // set before any other goroutine runs, never changed
-		st.Listens = append(st.Listens, Listener{Name: a.name, Addr: a.String()})
-	}
+		Addr: s.listens[0].Addr, Groups: s.groups, Listens: s.listens, Binary: s.bin, Build: build(), Workers: make([]WorkerStatus, len(s.workers))}
 	if r := m.recent.Load(); r != nil {
 		st.Recent = *r
 	}

@@ -32,7 +32,7 @@ func (m *master) onProc(e procEvent) {
 	case procSaid:
 		w.message = e.text
 	case procReport:
-		m.emit(Event{Kind: EventReport, PID: w.p.Pid(), Slot: w.slot.id, Topic: e.text, Data: e.data})
+		m.emit(Event{Kind: EventReport, PID: w.p.Pid(), Slot: w.slot.id, Group: w.slot.g.name, Topic: e.text, Data: e.data})
 	case procStopping:
 		m.log.Info("flock: worker says it is stopping", "pid", w.p.Pid(), "slot", w.slot.id)
 	case procHung:
@@ -54,7 +54,7 @@ func (m *master) fork(s *slot, why StartReason) {
 	}
 	s.w, w.start = w, why
 	s.to(slotActive)
-	m.emit(Event{Kind: EventForked, PID: w.p.Pid(), Slot: s.id, Start: why})
+	m.emit(Event{Kind: EventForked, PID: w.p.Pid(), Slot: s.id, Group: s.g.name, Start: why})
 }
 
 func (m *master) onReady(w *worker) {
@@ -69,7 +69,7 @@ func (m *master) onReady(w *worker) {
 	}
 	m.armUptime(w)
 	s := w.slot
-	m.emit(Event{Kind: EventReady, PID: w.p.Pid(), Slot: s.id})
+	m.emit(Event{Kind: EventReady, PID: w.p.Pid(), Slot: s.id, Group: s.g.name})
 	r := w.roll
 	w.roll = nil
 	if s.next == w { // a replacement: it takes the slot, the old one drains
@@ -134,7 +134,7 @@ func (m *master) onExit(w *worker, st *os.ProcessState) {
 	if reason == "" {
 		reason = ExitCrash
 	}
-	ev := Event{Kind: EventExited, PID: w.p.Pid(), Slot: s.id, Exit: reason, Status: st.ExitCode(), Signal: signalOf(st)}
+	ev := Event{Kind: EventExited, PID: w.p.Pid(), Slot: s.id, Group: s.g.name, Exit: reason, Status: st.ExitCode(), Signal: signalOf(st)}
 	r := w.roll
 	w.roll = nil
 	switch {
@@ -190,7 +190,7 @@ func (m *master) crashed(s *slot, exited *Event) {
 		if exited != nil {
 			m.emit(*exited)
 		}
-		m.emit(Event{Kind: EventGaveUp, Slot: s.id, Err: fmt.Errorf("more than %d crashes within a minute (RestartsPerMinute); HUP tries again", m.c.RestartsPerMinute)})
+		m.emit(Event{Kind: EventGaveUp, Slot: s.id, Group: s.g.name, Err: fmt.Errorf("more than %d crashes within a minute (RestartsPerMinute); HUP tries again", m.c.RestartsPerMinute)})
 		return
 	}
 	d := restartDelay(m.c.RestartDelay, len(s.failures))
