@@ -58,7 +58,7 @@ func start(_ context.Context, c *flock.Controller, args []any) (any, error) {
 		}
 	}
 	if len(args) > 1 {
-		return nil, errUsage
+		return nil, ErrUsage
 	}
 	if len(args) == 1 {
 		switch v := args[0].(type) {
@@ -68,16 +68,16 @@ func start(_ context.Context, c *flock.Controller, args []any) (any, error) {
 			for k, x := range v {
 				f, ok := x.(float64)
 				if k != "count" || !ok {
-					return nil, fmt.Errorf("%w (the options are {\"count\": n})", errUsage)
+					return nil, fmt.Errorf("%w (the options are {\"count\": n})", ErrUsage)
 				}
 				n = f
 			}
 		default:
-			return nil, errUsage
+			return nil, ErrUsage
 		}
 	}
 	if n < 1 || n != float64(int(n)) || n > 1024 {
-		return nil, fmt.Errorf("%w (count: a whole number from 1 to 1024)", errUsage)
+		return nil, fmt.Errorf("%w (count: a whole number from 1 to 1024)", ErrUsage)
 	}
 	if err := c.AddGroupWorkers(group, int(n)); err != nil {
 		return nil, err
@@ -95,7 +95,7 @@ func restart(_ context.Context, c *flock.Controller, args []any) (any, error) {
 		return nil, err
 	}
 	if len(rest) > 0 {
-		return nil, errUsage
+		return nil, ErrUsage
 	}
 	return replaced(c.Restart(flock.RestartOptions{PIDs: pids, Group: group, Timeout: timeout}))("restarted")
 }
@@ -115,11 +115,11 @@ func upgrade(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	path := ""
 	switch {
 	case len(rest) > 1:
-		return nil, errUsage
+		return nil, ErrUsage
 	case len(rest) == 1:
 		p, ok := rest[0].(string)
 		if !ok {
-			return nil, errUsage
+			return nil, ErrUsage
 		}
 		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("upgrade: %v", err)
@@ -150,7 +150,7 @@ func shutdown(_ context.Context, c *flock.Controller, args []any) (any, error) {
 		return nil, err
 	}
 	if len(rest) > 0 {
-		return nil, errUsage
+		return nil, ErrUsage
 	}
 	if pids == nil {
 		if err := c.Shutdown(timeout); err != nil {
@@ -166,7 +166,7 @@ func shutdown(_ context.Context, c *flock.Controller, args []any) (any, error) {
 
 func exit(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	if len(args) != 1 || args[0] != "now" {
-		return nil, errUsage
+		return nil, ErrUsage
 	}
 	if err := c.Exit(); err != nil {
 		return nil, err
@@ -174,28 +174,29 @@ func exit(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	return "Exiting now.", nil
 }
 
-// errUsage: the arguments are wrong; the answer shows the command's usage
-// (with what follows "usage" in the error, if anything).
-var errUsage = errors.New("usage")
+// ErrUsage, in the error a Command's Run returns, says the arguments are
+// wrong: the answer shows the command's usage (with what follows "usage"
+// in the error, if anything).
+var ErrUsage = errors.New("usage")
 
 // target reads "all|pid" and an optional {"timeout":ms} (last), and returns
 // the pids (nil for all), the timeout and the arguments in between.
 func target(args []any) (pids []int, timeout time.Duration, rest []any, err error) {
 	if len(args) == 0 {
-		return nil, 0, nil, errUsage
+		return nil, 0, nil, ErrUsage
 	}
 	switch v := args[0].(type) {
 	case string:
 		if v != "all" {
-			return nil, 0, nil, errUsage
+			return nil, 0, nil, ErrUsage
 		}
 	case float64:
 		if v < 1 || v != float64(int(v)) {
-			return nil, 0, nil, errUsage
+			return nil, 0, nil, ErrUsage
 		}
 		pids = []int{int(v)}
 	default:
-		return nil, 0, nil, errUsage
+		return nil, 0, nil, ErrUsage
 	}
 	rest = args[1:]
 	if n := len(rest); n > 0 {
@@ -204,7 +205,7 @@ func target(args []any) (pids []int, timeout time.Duration, rest []any, err erro
 			for k, v := range opts {
 				ms, ok := v.(float64)
 				if k != "timeout" || !ok || ms < 0 {
-					return nil, 0, nil, fmt.Errorf("%w (the options are {\"timeout\": milliseconds})", errUsage)
+					return nil, 0, nil, fmt.Errorf("%w (the options are {\"timeout\": milliseconds})", ErrUsage)
 				}
 				timeout = time.Duration(ms * float64(time.Millisecond))
 			}

@@ -301,8 +301,8 @@ func (s *surface) run(ctx context.Context, line string, level Level) (int, strin
 		return http.StatusUnauthorized, fmt.Sprintf("Not authorized to execute '%s' remotely", name)
 	}
 	res, err := c.Run(ctx, s.ctl, args[1:])
-	if errors.Is(err, errUsage) {
-		return http.StatusBadRequest, strings.TrimSpace("usage: "+c.Name+" "+c.Usage) + strings.TrimPrefix(err.Error(), errUsage.Error())
+	if errors.Is(err, ErrUsage) {
+		return http.StatusBadRequest, strings.TrimSpace("usage: "+c.Name+" "+c.Usage) + strings.TrimPrefix(err.Error(), ErrUsage.Error())
 	}
 	if err != nil {
 		return http.StatusBadRequest, err.Error()

@@ -67,7 +67,7 @@ func runApp(js string) int {
 		Commands: []Command{
 			{Name: "greet", Usage: "name", Help: "say hello", Run: func(_ context.Context, _ *flock.Controller, args []any) (any, error) {
 				if len(args) != 1 {
-					return nil, errUsage
+					return nil, ErrUsage
 				}
 				return fmt.Sprintf("hello %v", args[0]), nil
 			}},

@@ -52,7 +52,7 @@ func (o object) MarshalJSON() ([]byte, error) {
 func (s *surface) help(_ context.Context, _ *flock.Controller, args []any) (any, error) {
 	switch {
 	case len(args) > 1:
-		return nil, errUsage
+		return nil, ErrUsage
 	case len(args) == 0:
 		return object{{"more", "Commands (Use 'help [command_name]' for more details)"}, {"commands", s.names()}}, nil
 	}
@@ -83,14 +83,14 @@ func (s *surface) version(_ context.Context, c *flock.Controller, args []any) (a
 	case len(args) == 1 && args[0] == "details":
 		return object{{"app", s.o.Version}, {"flock", flock.Version}, {"go", runtime.Version()}, {"build", c.Status().Build}}, nil
 	}
-	return nil, errUsage
+	return nil, ErrUsage
 }
 
 // info: {"workers": {"active": n}, "memory": {…}, "net": {…}}, the sums
 // over the workers, then the master's own fields.
 func info(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	if len(args) > 0 {
-		return nil, errUsage
+		return nil, ErrUsage
 	}
 	st := c.Status()
 	var live []flock.WorkerStatus
@@ -151,11 +151,11 @@ func workers(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	details := false
 	switch {
 	case len(args) > 1:
-		return nil, errUsage
+		return nil, ErrUsage
 	case len(args) == 1 && args[0] == "details":
 		details = true
 	case len(args) == 1 && args[0] != "simple":
-		return nil, errUsage
+		return nil, ErrUsage
 	}
 	cwd, _ := os.Getwd()
 	out := []any{}

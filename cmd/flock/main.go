@@ -41,6 +41,7 @@ import (
 
 	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/internal/cli"
+	"github.com/flockhq/flock/proxy"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,11 +58,26 @@ func main() {
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		version = bi.Main.Version
 	}
+	if proxyFile != "" {
+		px, err := proxy.Load(proxyFile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "flock: -proxy: %v\n", err)
+			os.Exit(cli.ExitUsage)
+		}
+		p := proxy.New(px)
+		f.Command.Commands = append(f.Command.Commands, p.Command())
+		f.Setup(version)
+		cli.Exit(p.Run(f.Options))
+	}
 	f.Setup(version)
 	cli.Exit(flock.Supervise(f.Options, p))
 }
 
+// proxyFile is -proxy: node-cluster-service's proxy mode (package proxy).
+var proxyFile string
+
 func parse(args []string) (flock.Program, *cli.Flags, error) {
+	proxyFile = ""
 	fs := flag.NewFlagSet("flock", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: flock [flags] -- PROGRAM [ARGS…]\n       flock -config FILE [flags]")
@@ -70,6 +86,7 @@ func parse(args []string) (flock.Program, *cli.Flags, error) {
 	var f cli.Flags
 	var p flock.Program
 	f.Register(fs, false)
+	fs.StringVar(&proxyFile, "proxy", "", "run the proxy mode with this JSON config file (node-cluster-service's): versions side by side, routed by a header; the bindings replace -addr, -listen and -workers")
 	config := fs.String("config", "", "read flags from this JSON file (keys: the flags' names, \"program\", \"env\", and \"workers\" as an object of worker groups)")
 	fs.StringVar(&p.Dir, "dir", "", "the program's working directory (default: the master's, or the config file's folder)")
 	fs.StringVar(&p.Name, "name", "", "label of the program's output lines (default: the program's file name)")
@@ -129,6 +146,18 @@ func parse(args []string) (flock.Program, *cli.Flags, error) {
 		if err := fromConfig(*config, rest, &p, &cmd, set); err != nil {
 			return p, nil, err
 		}
+	}
+	if proxyFile != "" {
+		var given []string
+		fs.Visit(func(f *flag.Flag) {
+			if slices.Contains([]string{"addr", "listen", "workers"}, f.Name) || slices.Contains(programFlags, f.Name) {
+				given = append(given, f.Name)
+			}
+		})
+		if len(given) > 0 || len(cmd) > 0 {
+			return p, nil, fmt.Errorf("-proxy: the proxy config gives the addresses, workers and programs; not %q %q", given, cmd)
+		}
+		return p, &f, nil
 	}
 	if len(cmd) == 0 {
 		fs.Usage()
