@@ -120,8 +120,8 @@ func (p *Proxy) Version(ctx context.Context, name string, n int) (VersionInfo, e
 
 // Promote runs version name with n workers (-1: DefaultWorkerCount) and,
 // once they are all ready, makes it the default: in the config file
-// first, then for the proxy workers. Until then, and if it fails, the old
-// default serves. The old default is brought down to
+// first, then for the proxy workers; it returns once they all route new
+// requests to it. Until then, and if it fails, the old default serves. The old default is brought down to
 // NonDefaultWorkerCount workers, and stops when idle.
 func (p *Proxy) Promote(ctx context.Context, name string, n int) (VersionInfo, error) {
 	if n < 0 {
@@ -150,9 +150,10 @@ func (p *Proxy) Promote(ctx context.Context, name string, n int) (VersionInfo, e
 	if v := p.vs[old]; v != nil {
 		v.used = now // idle from now on
 	}
-	p.changedLocked()
+	seq := p.changedLocked()
 	p.mu.Unlock()
 	p.ops.Unlock()
+	p.waitAcks(seq, 5*time.Second) // answered once new requests go to name
 	p.log.Info("flock proxy: promoted", "version", name, "workers", n, "was", old)
 	if old != "" && old != name {
 		go func() {

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flockhq/flock/internal/flocktest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The README's walkthrough of the proxy mode, with example/proxy's Node
+// versions: a canary by header, a promotion under load, then USR2 of flock
+// itself under load, the new master starting from the promoted default.
+func TestProxyMode(t *testing.T) {
+	need(t, "node")
+	dir := t.TempDir()
+	for _, v := range []string{"v1", "v2"} {
+		require.NoError(t, os.Mkdir(filepath.Join(dir, v), 0o755))
+		b, err := os.ReadFile(filepath.Join("../../example/proxy", v, "worker.js"))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, v, "worker.js"), b, 0o644))
+	}
+	cfg := filepath.Join(dir, "proxy.json")
+	require.NoError(t, os.WriteFile(cfg, []byte(`{
+  "defaultVersion": "v1",
+  "bindings": [{"host": "127.0.0.1", "port": 0, "workerCount": 2}],
+  "versionPorts": "22000-22999"
+}`), 0o644))
+	a := flocktest.Start(t, exec.Command(os.Args[0], "-log-json", "-monitor", "127.0.0.1:0", "-access-key", "k",
+		"-command-addr", "127.0.0.1:0", "-shutdown-timeout", "20s", "-proxy", cfg), envAsFlock+"=1")
+	a.Started(4) // 2 proxy workers, 2 of v1
+	endpoint := a.WaitFor("the command endpoint", 5*time.Second, func(r flocktest.Rec) bool { return r.Str("msg") == "command: endpoint listening" }).Str("addr")
+	get := func(version string) string {
+		req, _ := http.NewRequest("GET", a.URL("/"), nil)
+		if version != "" {
+			req.Header.Set("x-version", version)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+		return string(b)
+	}
+	call := func(line string) string {
+		req, _ := http.NewRequest("POST", "http://"+endpoint+"/cli?cmd="+url.QueryEscape(line), nil)
+		req.Header.Set("Authorization", "Bearer k")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", line, b)
+		return string(b)
+	}
+
+	assert.Contains(t, get(""), "Hello from v1")
+	assert.Contains(t, get("v2"), "Hello from v2", "the canary, started on demand")
+	assert.Contains(t, get(""), "Hello from v1")
+
+	fresh := flocktest.StartLoad(t, a.URL("/"), 4, false)
+	kept := flocktest.StartLoad(t, a.URL("/"), 4, true)
+	fresh.WaitRequests(200)
+	kept.WaitRequests(200)
+	var vi struct{ Version, State string }
+	require.NoError(t, json.Unmarshal([]byte(call("proxy promote v2 2")), &vi))
+	assert.Equal(t, "running", vi.State)
+	assert.Contains(t, get(""), "Hello from v2", "promoted: new requests go to v2")
+	fresh.WaitRequests(200)
+	kept.WaitRequests(200)
+	b, err := os.ReadFile(cfg)
+	require.NoError(t, err)
+	assert.Contains(t, string(b), `"defaultVersion": "v2"`)
+
+	// USR2: the new master runs the config file's default, v2, on the
+	// sockets it inherits; the old master drains and exits.
+	a.Signal(syscall.SIGUSR2)
+	assert.Equal(t, 0, a.ExitCode(60*time.Second), "the old master exits 0 once it has drained")
+	fresh.WaitRequests(200)
+	kept.WaitRequests(200)
+	flocktest.NoFailures(t, "promote, then USR2, under load", map[string]*flocktest.LoadRun{"new connection per request": fresh, "keep-alive": kept})
+	assert.Contains(t, get(""), "Hello from v2")
+	assert.True(t, strings.Contains(get("v1"), "Hello from v1"), "v1 on demand under the new master")
+}
