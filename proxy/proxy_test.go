@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -370,4 +371,49 @@ func TestProxyCommands(t *testing.T) {
 	code, body = a.call("proxy stop")
 	require.Equal(t, http.StatusOK, code, body)
 	assert.Equal(t, 0, a.ExitCode(30*time.Second))
+}
+
+// Bad input and a busy machine get a precise answer, and lose nothing.
+func TestVersionPortsTakenAndConfigGone(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	only := fmt.Sprintf("%d-%d", port, port)
+
+	// The one port of the range is someone else's: the default version
+	// cannot start, and the master says so and exits 1.
+	dir := t.TempDir()
+	require.NoError(t, os.Mkdir(filepath.Join(dir, "v1"), 0o755))
+	path := filepath.Join(dir, "proxy.json")
+	require.NoError(t, os.WriteFile(path, []byte(`{"defaultVersion": "v1", "versionPorts": "`+only+`", "bindings": [{"host": "127.0.0.1", "port": 0}]}`), 0o644))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0])
+	cmd.Env = append(os.Environ(), envApp+"="+path)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "%s", out)
+	assert.Equal(t, 1, exit.ExitCode(), "%s", out)
+	assert.Contains(t, string(out), "proxy: defaultVersion v1: versionPorts "+only+": no free port left")
+
+	// Without a default, the proxy serves; a version asked for gets a 503
+	// that says why.
+	a := startProxy(t, map[string]any{"versionPorts": only}, "v2")
+	code, body := a.get("v2", "/")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Equal(t, "flock proxy: versionPorts "+only+": no free port left", body)
+
+	// The port free again, a promotion whose config file has gone fails
+	// with why, and changes nothing.
+	ln.Close()
+	require.NoError(t, os.Rename(filepath.Join(a.dir, "proxy.json"), filepath.Join(a.dir, "moved.json")))
+	code, body = a.call("proxy promote v2 1")
+	assert.Equal(t, http.StatusBadRequest, code)
+	assert.Contains(t, body, "not promoted: the config file: open "+filepath.Join(a.dir, "proxy.json"))
+	in := a.info()
+	assert.Equal(t, "", in.Default)
+	assert.Equal(t, "running", in.version("v2").State, "started, as asked, but not the default")
+	code, body = a.get("", "/")
+	assert.Equal(t, http.StatusNotFound, code, body)
 }
