@@ -31,6 +31,13 @@ type WorkerGroup struct {
 	Addr string
 	// Listeners are more of its own, named uniquely across the groups.
 	Listeners []Listener
+	// SharedSocket gives its workers one socket per listener, shared, as
+	// a systemd socket unit does, instead of one per worker: a single
+	// accept queue, so that removing a worker never leaves a spare socket
+	// and a worker always gets exactly one socket per listener. The socket
+	// stays open while the group has a worker slot, and closes when
+	// SetGroupWorkers takes it to 0.
+	SharedSocket bool
 }
 
 // group is a Group as the master runs it.
@@ -38,8 +45,9 @@ type group struct {
 	name     string
 	program  *Program // nil: this program (Serve, Run)
 	launcher launcher
-	workers  int // at start
-	lo, hi   int // its listeners: config.listeners[lo:hi], the master's addrs alike
+	workers  int  // at start
+	shared   bool // one socket per listener for all its slots (SharedSocket)
+	lo, hi   int  // its listeners: config.listeners[lo:hi], the master's addrs alike
 }
 
 // owns reports whether listener i is one of the group's.
@@ -119,7 +127,7 @@ func (c *config) newGroup(g WorkerGroup, groups []*group) (*group, error) {
 	if g.Addr != "" {
 		lns = append([]Listener{{Name: g.Name, Addr: g.Addr}}, lns...)
 	}
-	ng := &group{name: g.Name, program: &prog, workers: max(g.Workers, 1), lo: len(c.listeners)}
+	ng := &group{name: g.Name, program: &prog, workers: max(g.Workers, 1), shared: g.SharedSocket, lo: len(c.listeners)}
 	for j, l := range lns {
 		if err := c.addListener(l); err != nil {
 			c.listeners = c.listeners[:ng.lo]
@@ -134,8 +142,9 @@ func (c *config) newGroup(g WorkerGroup, groups []*group) (*group, error) {
 // Workers workers (0 means 1), as WorkerGroups does at start: under
 // Supervise, Serve or Run alike. Its listeners are bound as its first
 // worker starts: a busy port fails the call, and the group is not added.
-// A group added this way is not handed down by USR2: the new master runs
-// the groups its options name.
+// USR2 hands it down with its workers' sockets: the new master adds it
+// too, unless its options have a group of that name, and starts its
+// workers on them (none if it had none).
 func (c *Controller) AddGroup(g WorkerGroup) error {
 	return c.do(func(m *master) error {
 		ng, err := m.c.newGroup(g, m.groups)
@@ -149,13 +158,14 @@ func (c *Controller) AddGroup(g WorkerGroup) error {
 				return fmt.Errorf("flock: listen %s: %v", l.Addr, err)
 			}
 			host, _, _ := net.SplitHostPort(l.Addr)
-			m.addrs = append(m.addrs, &bound{name: l.Name, host: host, ip: addr.IP, port: addr.Port})
+			m.addrs = append(m.addrs, &bound{name: l.Name, host: host, ip: addr.IP, port: addr.Port, share: ng.shared})
 		}
 		ng.launcher = m.c.launcher(ng)
-		m.groups = append(m.groups, ng)
+		m.groups, m.added = append(m.groups, ng), append(m.added, g)
 		for i := range ng.workers {
 			if err := m.addSlot(ng); err != nil && i == 0 { // nothing bound: as if never added
 				m.groups, m.addrs, m.c.listeners = m.groups[:len(m.groups)-1], m.addrs[:ng.lo], m.c.listeners[:ng.lo]
+				m.added = m.added[:len(m.added)-1]
 				return err
 			} else if err != nil {
 				return fmt.Errorf("%d of %d workers started: %w", i, ng.workers, err)
@@ -199,6 +209,12 @@ func (c *Controller) SetGroupWorkers(name string, n int) error {
 				}
 				return g.owns(sp.ln)
 			})
+			for _, a := range m.addrs[g.lo:g.hi] {
+				if a.share && a.shared != nil {
+					a.shared.Close()
+					a.shared = nil
+				}
+			}
 		}
 		return nil
 	})

@@ -70,6 +70,7 @@ func (inh *inherited) listener(name string) *os.File {
 // (by name). A listener or group this version adds is bound and started
 // as on a first start; sockets of ones it dropped are closed.
 func (m *master) inherit(inh *inherited) error {
+	m.adopt(inh.Added)
 	// An inherited socket of each listener, for its address.
 	some := map[string]*os.File{}
 	for k, files := range inh.slots {
@@ -104,6 +105,7 @@ func (m *master) inherit(inh *inherited) error {
 		}
 		m.addrs = append(m.addrs, b)
 	}
+	m.markShared()
 	index := func(name string) int { return slices.IndexFunc(m.addrs, func(b *bound) bool { return b.name == name }) }
 	for k, files := range inh.slots {
 		g := m.groups[0]
@@ -154,4 +156,24 @@ func (m *master) inherit(inh *inherited) error {
 	m.disabled = inh.Disabled
 	m.heir = inh.pipe
 	return nil
+}
+
+// adopt adds the groups the old master had added while running, and this
+// master's options lack, with no worker of their own: they get the slots
+// handed down, if any. A group that cannot be added (its program gone from
+// disk) is left out, and its sockets are closed.
+func (m *master) adopt(groups []WorkerGroup) {
+	for _, g := range groups {
+		if m.group(g.Name) != nil {
+			continue
+		}
+		ng, err := m.c.newGroup(g, m.groups)
+		if err != nil {
+			m.log.Warn("flock: a group the old master added cannot be added here; its sockets are closed", "group", g.Name, "err", "group"+err.Error())
+			continue
+		}
+		ng.workers = 0
+		ng.launcher = m.c.launcher(ng)
+		m.groups, m.added = append(m.groups, ng), append(m.added, g)
+	}
 }

@@ -19,11 +19,12 @@ import (
 type master struct {
 	c        *config
 	log      *slog.Logger
-	groups   []*group  // the first is Addr's and Workers'
-	pred     int       // the master this one took over from (USR2), or 0
-	bin      *binary   // what new slots start from: this program, then the last full roll's
-	binaries []*binary // every binary pinned, until nothing refers to it
-	quiet    *limiter  // log lines on paths that can repeat
+	groups   []*group      // the first is Addr's and Workers'
+	added    []WorkerGroup // the groups added while running (AddGroup), handed down by USR2
+	pred     int           // the master this one took over from (USR2), or 0
+	bin      *binary       // what new slots start from: this program, then the last full roll's
+	binaries []*binary     // every binary pinned, until nothing refers to it
+	quiet    *limiter      // log lines on paths that can repeat
 
 	sockets
 	slots    []*slot // in creation order, retiring ones included

@@ -23,10 +23,11 @@ type sockets struct {
 
 // bound is one listener's address, as every slot binds it.
 type bound struct {
-	name string
-	host string // as configured, for messages
-	ip   net.IP // nil for all interfaces
-	port int    // set by the first bind when configured as 0
+	name  string
+	host  string // as configured, for messages
+	ip    net.IP // nil for all interfaces
+	port  int    // set by the first bind when configured as 0
+	share bool   // its slots share one socket, bound with the first (a group's SharedSocket)
 	// shared, when set, is the one socket every slot's is a copy of:
 	// systemd's (activated.go).
 	shared *os.File
@@ -52,6 +53,7 @@ func (m *master) bindAll() error {
 		host, _, _ := net.SplitHostPort(l.Addr)
 		m.addrs = append(m.addrs, &bound{name: l.Name, host: host, ip: addr.IP, port: addr.Port})
 	}
+	m.markShared()
 	files, names, err := activatedSockets()
 	if err == nil && files != nil {
 		err = m.takeActivated(files, names)
@@ -111,6 +113,13 @@ func (m *master) bindSlot(g *group) ([]*os.File, error) {
 
 func (m *master) bind(i int) (*os.File, error) {
 	a := m.addrs[i]
+	if a.share && a.shared == nil {
+		f, port, err := bindSocket(a.ip, a.port)
+		if err != nil {
+			return nil, fmt.Errorf("flock: listen %s: %w", a, err)
+		}
+		a.port, a.shared = port, f
+	}
 	if a.shared != nil {
 		f, err := dupFile(a.shared, "flock-slot")
 		if err != nil {
@@ -373,4 +382,13 @@ func dupFile(ln syscall.Conn, name string) (*os.File, error) {
 		return nil, err
 	}
 	return os.NewFile(uintptr(fd), name), nil
+}
+
+// markShared marks the listeners of SharedSocket groups.
+func (m *master) markShared() {
+	for _, g := range m.groups {
+		for _, a := range m.addrs[g.lo:g.hi] {
+			a.share = a.share || g.shared
+		}
+	}
 }

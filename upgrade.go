@@ -47,6 +47,9 @@ type upgradeSpec struct {
 	SlotGroups []string   `json:"slotGroups,omitempty"`
 	FirstGroup string     `json:"firstGroup,omitempty"` // the first group's name: the new master's first, whatever its own
 	SlotNames  [][]string `json:"slotNames,omitempty"`
+	// Added are the groups added while running (AddGroup): the new master
+	// adds those its options lack, so that their slots have a group.
+	Added []WorkerGroup `json:"added,omitempty"`
 }
 
 // upgrades is the master's part in USR2, from either side.
@@ -98,7 +101,7 @@ func (m *master) startUpgrade() {
 		return
 	}
 	defer w.Close()
-	spec := upgradeSpec{Disabled: m.disabled, FirstGroup: m.groups[0].name}
+	spec := upgradeSpec{Disabled: m.disabled, FirstGroup: m.groups[0].name, Added: m.added}
 	files := []*os.File{w}
 	if f := m.mon.file(); f != nil {
 		spec.Monitor = true

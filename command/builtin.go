@@ -174,9 +174,9 @@ func exit(_ context.Context, c *flock.Controller, args []any) (any, error) {
 	return "Exiting now.", nil
 }
 
-// ErrUsage, in the error a Command's Run returns, says the arguments are
-// wrong: the answer shows the command's usage (with what follows "usage"
-// in the error, if anything).
+// ErrUsage is for a Command's Run to wrap when the arguments are wrong:
+// the answer shows the command's usage (with what follows "usage" in the
+// error, if anything).
 var ErrUsage = errors.New("usage")
 
 // target reads "all|pid" and an optional {"timeout":ms} (last), and returns

@@ -68,6 +68,7 @@ func (p *Proxy) run(ctx context.Context, c *flock.Controller, args []any) (any, 
 	case "info":
 		return p.Info(), nil
 	}
+	//lint:ignore ST1005 node-cluster-service's message, word for word
 	return nil, fmt.Errorf("Proxy command %v not recognized. Try 'help proxy' for more info.", verb)
 }
 

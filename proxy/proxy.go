@@ -43,7 +43,6 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/flockhq/flock"
@@ -66,11 +65,11 @@ type Proxy struct {
 	acks    map[int]uint64            // the table each proxy worker has, by pid
 	use     map[int]map[string]counts // each proxy worker's last report
 
-	addrsChecked atomic.Bool
-	ln           net.Listener
-	srv          *http.Server
-	quit         chan struct{}
-	wg           sync.WaitGroup
+	countForks bool // after USR2: the versions' workers are counted as their first forks come
+	ln         net.Listener
+	srv        *http.Server
+	quit       chan struct{}
+	wg         sync.WaitGroup
 }
 
 // table is what the proxy workers route by.
@@ -93,6 +92,9 @@ func newProxy(cfg *Config) *Proxy {
 // Start listens for the proxy workers and starts the idle check.
 func (p *Proxy) Start(c *flock.Controller) error {
 	p.ctl, p.log = c, c.Logger()
+	if c.Predecessor() != 0 {
+		p.inherit(c.Status())
+	}
 	ln, err := net.Listen("unix", linkAddr(os.Getpid()))
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
@@ -115,6 +117,34 @@ func (p *Proxy) Stop() {
 		p.srv.Close()
 	}
 	p.wg.Wait()
+}
+
+// inherit takes the versions the old master ran (USR2), whose groups and
+// sockets it handed down: each a version that starts with the workers the
+// old one had, on its port.
+func (p *Proxy) inherit(st flock.Status) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.countForks = true
+	now := time.Now()
+	for _, name := range st.Groups[1:] {
+		v := p.vs[name]
+		if v == nil && checkVersion(name) == nil {
+			v = &version{name: name, added: true, ready: map[int]bool{}, used: now}
+			p.vs[name] = v
+		}
+		if v == nil {
+			continue
+		}
+		v.want = 0 // as many as are forked
+		for _, l := range st.Listens {
+			if l.Name == name {
+				v.addr = l.Addr
+				_, port, _ := net.SplitHostPort(l.Addr)
+				v.port, _ = strconv.Atoi(port)
+			}
+		}
+	}
 }
 
 func (p *Proxy) idleLoop() {

@@ -39,7 +39,7 @@ func (p *Proxy) Run(o flock.Options) error {
 		v := &version{name: def, port: port, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), added: true,
 			want: cfg.DefaultWorkerCount, state: vStarting, ready: map[int]bool{}}
 		p.vs[def] = v
-		o.WorkerGroups = append(o.WorkerGroups, flock.WorkerGroup{Name: def, Program: prog, Workers: v.want, Addr: v.addr})
+		o.WorkerGroups = append(o.WorkerGroups, flock.WorkerGroup{Name: def, Program: prog, Workers: v.want, Addr: v.addr, SharedSocket: true})
 	}
 	o.Extensions = append(o.Extensions, p)
 	return flock.Run(o, newRouter(cfg).setup)

@@ -18,11 +18,13 @@ import (
 // groups are made one at a time, under p.ops, never under p.mu (the
 // events that answer them need it).
 
-// ErrUnknownVersion: there is no folder of that name under VersionPath.
+// ErrUnknownVersion is in the error for a version with no folder of its
+// name under VersionPath.
 var ErrUnknownVersion = errors.New("unknown version")
 
-// ErrVersionFailed: the version's workers did not start (crashed, or were
-// not ready in time); it is tried again after a back-off.
+// ErrVersionFailed is in the error for a version whose workers did not
+// start (crashed, or were not ready in time); it is tried again after a
+// back-off.
 var ErrVersionFailed = errors.New("version did not start")
 
 // vstate is where a version is in its life.
@@ -139,7 +141,7 @@ func (p *Proxy) ensure(name string, n int) error {
 		return err
 	}
 	if !added {
-		err = p.ctl.AddGroup(flock.WorkerGroup{Name: name, Program: prog, Workers: n, Addr: v.addr})
+		err = p.ctl.AddGroup(flock.WorkerGroup{Name: name, Program: prog, Workers: n, Addr: v.addr, SharedSocket: true})
 	} else {
 		err = p.ctl.SetGroupWorkers(name, n)
 	}
@@ -304,12 +306,9 @@ func (p *Proxy) Event(e flock.Event) {
 			p.usage(e.PID, e.Data)
 		}
 		return
-	case flock.EventReady, flock.EventExited, flock.EventGaveUp:
+	case flock.EventForked, flock.EventReady, flock.EventExited, flock.EventGaveUp:
 	default:
 		return
-	}
-	if e.Kind == flock.EventReady && !p.addrsChecked.Swap(true) {
-		p.checkAddrs()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -322,6 +321,14 @@ func (p *Proxy) Event(e flock.Event) {
 		return
 	}
 	switch e.Kind {
+	case flock.EventForked:
+		if !p.countForks || e.Start != flock.StartFirst {
+			return
+		}
+		v.want++
+		if v.state == vStopped {
+			v.to(vStarting)
+		}
 	case flock.EventReady:
 		v.ready[e.PID] = true
 		if v.state == vStarting {
@@ -349,19 +356,4 @@ func (p *Proxy) Event(e flock.Event) {
 		}
 	}
 	p.changedLocked()
-}
-
-// checkAddrs takes the versions' addresses as bound: after USR2, the
-// default version's sockets are the old master's, on its port.
-func (p *Proxy) checkAddrs() {
-	st := p.ctl.Status()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, l := range st.Listens {
-		if v := p.vs[l.Name]; v != nil && v.addr != l.Addr {
-			_, port, _ := net.SplitHostPort(l.Addr)
-			v.addr = l.Addr
-			v.port, _ = strconv.Atoi(port)
-		}
-	}
 }

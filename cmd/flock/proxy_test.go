@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -81,13 +80,38 @@ func TestProxyMode(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(b), `"defaultVersion": "v2"`)
 
-	// USR2: the new master runs the config file's default, v2, on the
-	// sockets it inherits; the old master drains and exits.
+	// USR2: the new master runs the config file's default, v2, and v1,
+	// now a canary, on the sockets it inherits; the old master drains and
+	// exits. Requests for v1 go on too.
+	canary := http.Header{"X-Version": {"v1"}}
+	loads := map[string]*flocktest.LoadRun{
+		"new connection per request": fresh, "keep-alive": kept,
+		"canary v1, new connection per request": flocktest.StartLoadWith(t, a.URL("/"), canary, 2, false),
+		"canary v1, keep-alive":                 flocktest.StartLoadWith(t, a.URL("/"), canary, 2, true),
+	}
+	for _, l := range loads {
+		l.WaitRequests(100)
+	}
 	a.Signal(syscall.SIGUSR2)
 	assert.Equal(t, 0, a.ExitCode(60*time.Second), "the old master exits 0 once it has drained")
-	fresh.WaitRequests(200)
-	kept.WaitRequests(200)
-	flocktest.NoFailures(t, "promote, then USR2, under load", map[string]*flocktest.LoadRun{"new connection per request": fresh, "keep-alive": kept})
+	for _, l := range loads {
+		l.WaitRequests(200)
+	}
+	flocktest.NoFailures(t, "promote, then USR2, under load", loads)
 	assert.Contains(t, get(""), "Hello from v2")
-	assert.True(t, strings.Contains(get("v1"), "Hello from v1"), "v1 on demand under the new master")
+	assert.Contains(t, get("v1"), "Hello from v1")
+	var in struct {
+		Versions []struct {
+			Version, State string
+			Workers, Ready int
+		}
+	}
+	require.NoError(t, json.Unmarshal([]byte(call("proxy info")), &in))
+	assert.Len(t, in.Versions, 2)
+	for _, v := range in.Versions {
+		want := map[string]int{"v1": 1, "v2": 2}[v.Version]
+		assert.Equal(t, "running", v.State, v.Version)
+		assert.Equal(t, want, v.Workers, "%s: the workers the old master had", v.Version)
+		assert.Equal(t, want, v.Ready, v.Version)
+	}
 }

@@ -484,8 +484,13 @@ type LoadRun struct {
 // StartLoad runs clients clients sending requests to url in the background
 // (see Load) until Stop is called, the test ends, or a minute has passed.
 func StartLoad(t *testing.T, url string, clients int, keepAlive bool) *LoadRun {
+	return StartLoadWith(t, url, nil, clients, keepAlive)
+}
+
+// StartLoadWith is StartLoad with header added to every request.
+func StartLoadWith(t *testing.T, url string, header http.Header, clients int, keepAlive bool) *LoadRun {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	res, done := loadgen.Start(ctx, url, clients, 1_000_000, keepAlive)
+	res, done := loadgen.StartWith(ctx, url, header, clients, 1_000_000, keepAlive)
 	l := &LoadRun{t: t, res: res, cancel: cancel, done: done}
 	t.Cleanup(func() { l.Stop() })
 	return l

@@ -36,7 +36,7 @@ func (r *Result) Completed() int64 { return r.OK.Load() + r.Failed.Load() }
 // reusing connections and opening a new one per request. Requests under
 // way when ctx ends complete and are counted.
 func Run(ctx context.Context, url string, clients, maxRequests int, keepAlive bool) *Result {
-	res, done := Start(ctx, url, clients, maxRequests, keepAlive)
+	res, done := StartWith(ctx, url, nil, clients, maxRequests, keepAlive)
 	<-done
 	return res
 }
@@ -46,16 +46,21 @@ func Run(ctx context.Context, url string, clients, maxRequests int, keepAlive bo
 // it returns the Result at once, and a channel closed when the run is over
 // and the Result final.
 func Start(ctx context.Context, url string, clients, maxRequests int, keepAlive bool) (*Result, <-chan struct{}) {
+	return StartWith(ctx, url, nil, clients, maxRequests, keepAlive)
+}
+
+// StartWith is Start with header added to every request.
+func StartWith(ctx context.Context, url string, header http.Header, clients, maxRequests int, keepAlive bool) (*Result, <-chan struct{}) {
 	res := &Result{}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		res.run(ctx, url, clients, maxRequests, keepAlive)
+		res.run(ctx, url, header, clients, maxRequests, keepAlive)
 	}()
 	return res, done
 }
 
-func (r *Result) run(ctx context.Context, url string, clients, maxRequests int, keepAlive bool) {
+func (r *Result) run(ctx context.Context, url string, header http.Header, clients, maxRequests int, keepAlive bool) {
 	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: clients}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
@@ -66,7 +71,14 @@ func (r *Result) run(ctx context.Context, url string, clients, maxRequests int, 
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil && sent.Add(1) <= int64(maxRequests) {
-				resp, err := c.Get(url)
+				req, err := http.NewRequest(http.MethodGet, url, nil)
+				if err != nil {
+					panic(err) // a bad url: the caller's bug
+				}
+				for k, vs := range header {
+					req.Header[k] = vs
+				}
+				resp, err := c.Do(req)
 				if err == nil {
 					_, err = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
