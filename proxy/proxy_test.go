@@ -3,10 +3,18 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -416,4 +424,58 @@ func TestVersionPortsTakenAndConfigGone(t *testing.T) {
 	assert.Equal(t, "running", in.version("v2").State, "started, as asked, but not the default")
 	code, body = a.get("", "/")
 	assert.Equal(t, http.StatusNotFound, code, body)
+}
+
+// writeCert writes a self-signed certificate for 127.0.0.1, its key, and
+// both in one PEM file.
+func writeCert(t *testing.T) (certFile, keyFile, pemFile string) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "flock proxy test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kder, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	c := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	k := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	certFile, keyFile, pemFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "both.pem")
+	require.NoError(t, os.WriteFile(certFile, c, 0o600))
+	require.NoError(t, os.WriteFile(keyFile, k, 0o600))
+	require.NoError(t, os.WriteFile(pemFile, append(c, k...), 0o600))
+	return certFile, keyFile, pemFile
+}
+
+func TestTLSBindings(t *testing.T) {
+	cert, key, both := writeCert(t)
+	a := startProxy(t, map[string]any{"defaultVersion": "v1", "bindings": []map[string]any{
+		{"host": "127.0.0.1", "port": 0, "tlsOptions": map[string]string{"cert": cert, "key": key}},
+		{"host": "127.0.0.1", "port": 0, "tlsOptions": map[string]string{"pem": both}},
+		{"host": "127.0.0.1", "port": 0},
+	}}, "v1")
+	code, body, _ := a.Mon("GET", "/")
+	require.Equal(t, http.StatusOK, code, body)
+	var st flock.Status
+	require.NoError(t, json.Unmarshal([]byte(body), &st))
+	addr := map[string]string{}
+	for _, l := range st.Listens {
+		addr[l.Name] = l.Addr
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for _, u := range []string{"https://" + addr["main"] + "/", "https://" + addr["binding1"] + "/", "http://" + addr["binding2"] + "/"} {
+		req, _ := http.NewRequest("GET", u, nil)
+		req.Header.Set("X-Version", "v1")
+		resp, err := c.Do(req)
+		require.NoError(t, err, u)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode, u)
+		v, _ := answeredBy(t, string(b))
+		assert.Equal(t, "v1", v, u)
+		assert.Equal(t, strings.HasPrefix(u, "https"), resp.TLS != nil, u)
+	}
 }
