@@ -61,6 +61,7 @@ type appSpec struct {
 	Extension bool // a testExtension (control_test.go) that calls the Controller from everywhere it may
 	Listeners []Listener
 	Reports   bool // workers report what "/" served; a servedReports extension sums it (report_test.go)
+	Groups    []WorkerGroup
 }
 
 func TestMain(m *testing.M) {
@@ -101,7 +102,7 @@ func runTestApp(js string) int {
 			return nil
 		}
 	}
-	o.Listeners = s.Listeners
+	o.Listeners, o.WorkerGroups = s.Listeners, s.Groups
 	if s.Extension {
 		x := &testExtension{log: log}
 		o.Extensions, o.OnEvent = []Extension{x}, x.onEvent

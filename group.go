@@ -163,7 +163,12 @@ func (c *Controller) AddGroup(g WorkerGroup) error {
 		ng.launcher = m.c.launcher(ng)
 		m.groups, m.added = append(m.groups, ng), append(m.added, g)
 		for i := range ng.workers {
-			if err := m.addSlot(ng); err != nil && i == 0 { // nothing bound: as if never added
+			if err := m.addSlot(ng); err != nil && i == 0 { // nothing left bound: as if never added
+				for _, a := range m.addrs[ng.lo:] {
+					if a.shared != nil {
+						a.shared.Close()
+					}
+				}
 				m.groups, m.addrs, m.c.listeners = m.groups[:len(m.groups)-1], m.addrs[:ng.lo], m.c.listeners[:ng.lo]
 				m.added = m.added[:len(m.added)-1]
 				return err

@@ -1,11 +1,16 @@
 package flock
 
 import (
+	"encoding/json"
+	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/flockhq/flock/internal/flocktest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -120,4 +125,35 @@ func TestWorkerGroupsRejects(t *testing.T) {
 	}
 	err := Run(Options{Single: true, WorkerGroups: []WorkerGroup{{Name: "a", Program: ok}}}, func(*Worker) error { return nil })
 	assert.ErrorContains(t, err, "WorkerGroups: Single runs no master")
+}
+
+// Serve's own workers beside a group of another program with its own
+// listener: each serves its own socket (a worker once expected the
+// group's listener too, and crashed at every start).
+func TestServeBesideAGroup(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 is not installed")
+	}
+	side := "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'side %d %s\\n' % (os.getpid(), os.environ['LISTEN_FDS'].encode()))\n    c.close()\n"
+	a := startApp(t, appSpec{Workers: 2, Monitor: "127.0.0.1:0", Groups: []WorkerGroup{{Name: "side", Workers: 2, Addr: "127.0.0.1:0", SharedSocket: true,
+		Program: Program{Path: "python3", Args: []string{"-c", side}, Ready: ReadyAtOnce}}}})
+	a.Started(4)
+	_, err := flocktest.Get(a.URL("/"))
+	require.NoError(t, err, "Serve's workers serve")
+	code, body, _ := a.Mon("GET", "/")
+	require.Equal(t, 200, code, body)
+	var st Status
+	require.NoError(t, json.Unmarshal([]byte(body), &st))
+	assert.Equal(t, []string{"main", "side"}, st.Groups)
+	require.Len(t, st.Listens, 2)
+	for range 4 {
+		c, err := net.Dial("tcp", st.Listens[1].Addr)
+		require.NoError(t, err)
+		b, err := io.ReadAll(c)
+		c.Close()
+		require.NoError(t, err)
+		assert.Regexp(t, `^side \d+ 1\n$`, string(b), "one shared socket: LISTEN_FDS=1")
+	}
+	assert.Empty(t, a.Events("gave-up"))
+	assert.Empty(t, a.Find(func(r flocktest.Rec) bool { return r.Str("event") == "exited" }), "no worker crashed")
 }

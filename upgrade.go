@@ -47,8 +47,9 @@ type upgradeSpec struct {
 	SlotGroups []string   `json:"slotGroups,omitempty"`
 	FirstGroup string     `json:"firstGroup,omitempty"` // the first group's name: the new master's first, whatever its own
 	SlotNames  [][]string `json:"slotNames,omitempty"`
-	// Added are the groups added while running (AddGroup): the new master
-	// adds those its options lack, so that their slots have a group.
+	// Added are the groups added while running (AddGroup) that have
+	// workers: the new master adds those its options lack, so that their
+	// slots have a group.
 	Added []WorkerGroup `json:"added,omitempty"`
 }
 
@@ -101,7 +102,12 @@ func (m *master) startUpgrade() {
 		return
 	}
 	defer w.Close()
-	spec := upgradeSpec{Disabled: m.disabled, FirstGroup: m.groups[0].name, Added: m.added}
+	spec := upgradeSpec{Disabled: m.disabled, FirstGroup: m.groups[0].name}
+	for _, g := range m.added { // those with workers: the new master can add an idle one itself
+		if m.groupSlots(m.group(g.Name)) > 0 {
+			spec.Added = append(spec.Added, g)
+		}
+	}
 	files := []*os.File{w}
 	if f := m.mon.file(); f != nil {
 		spec.Monitor = true

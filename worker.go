@@ -164,10 +164,12 @@ func runWorker(setup func(*Worker) error, c *config) error {
 	return nil
 }
 
-// newWorker is the Worker of Run's setup: the listeners' names.
+// newWorker is the Worker of Run's setup: the names of its listeners, the
+// first group's (the other groups' are other programs').
 func newWorker(c *config) *Worker {
-	w := &Worker{servers: make([]Server, len(c.listeners))}
-	for _, l := range c.listeners {
+	mine := c.listeners[:c.groups[0].hi]
+	w := &Worker{servers: make([]Server, len(mine))}
+	for _, l := range mine {
 		w.names = append(w.names, l.Name)
 	}
 	return w

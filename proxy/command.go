@@ -141,11 +141,18 @@ func (p *Proxy) Promote(ctx context.Context, name string, n int) (VersionInfo, e
 	p.ops.Lock()
 	p.mu.Lock()
 	old := p.def
-	if err := p.cfg.saveDefault(name); err != nil {
+	if v := p.vs[name]; v == nil || v.state != vRunning { // idle, or failed, since it was ready
 		p.mu.Unlock()
+		p.ops.Unlock()
+		return p.versionInfo(name), fmt.Errorf("version %s stopped before it could be promoted; not promoted: %q still serves", name, old)
+	}
+	p.vs[name].used = time.Now()
+	p.mu.Unlock()
+	if err := p.cfg.saveDefault(name); err != nil { // under ops: no stop meanwhile
 		p.ops.Unlock()
 		return p.versionInfo(name), fmt.Errorf("not promoted: the config file: %w", err)
 	}
+	p.mu.Lock()
 	now := time.Now()
 	p.def = name
 	if v := p.vs[old]; v != nil {
@@ -212,7 +219,12 @@ type Info struct {
 // Info describes the proxy: its config, its workers, its versions.
 func (p *Proxy) Info() Info {
 	st := p.ctl.Status()
-	in := Info{VersionPath: p.cfg.VersionPath, WorkerFilename: p.cfg.WorkerFilename, Options: p.cfg,
+	shown := *p.cfg
+	shown.Env = map[string]string{}
+	for k := range p.cfg.Env {
+		shown.Env[k] = "(hidden)" // may hold secrets
+	}
+	in := Info{VersionPath: p.cfg.VersionPath, WorkerFilename: p.cfg.WorkerFilename, Options: &shown,
 		PortRange: map[string]int{"min": p.cfg.lo, "max": p.cfg.hi}, ProxyWorkers: []map[string]any{}, VersionWorkers: []map[string]any{}}
 	p.mu.Lock()
 	in.Default = p.def

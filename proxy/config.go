@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/flockhq/flock"
@@ -159,6 +160,9 @@ func (c *Config) resolve() error {
 			if t.Pem == "" && (t.Key == "" || t.Cert == "") {
 				return fmt.Errorf("bindings[%d]: tlsOptions: want key and cert, or pem", i)
 			}
+			if _, err := t.load(); err != nil { // here, not in every proxy worker as it starts
+				return fmt.Errorf("bindings[%d]: tlsOptions: %v", i, err)
+			}
 		}
 	}
 	if c.VersionPorts == "" {
@@ -226,11 +230,20 @@ func (c *Config) workers() int {
 	return n
 }
 
-// program is how a version's workers run, listening on port.
-func (c *Config) program(version string, port int) (flock.Program, error) {
+// versionDir is the folder of a version, if there is one.
+func (c *Config) versionDir(version string) (string, error) {
 	dir := filepath.Join(c.VersionPath, version)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		return flock.Program{}, fmt.Errorf("%w %q: no folder %s", ErrUnknownVersion, version, dir)
+		return "", fmt.Errorf("%w %q: no folder %s", ErrUnknownVersion, version, dir)
+	}
+	return dir, nil
+}
+
+// program is how a version's workers run, listening on port.
+func (c *Config) program(version string, port int) (flock.Program, error) {
+	dir, err := c.versionDir(version)
+	if err != nil {
+		return flock.Program{}, err
 	}
 	file := filepath.Join(dir, c.WorkerFilename)
 	p := flock.Program{Path: file, Dir: dir, Name: version, Ready: c.ready,
@@ -244,45 +257,67 @@ func (c *Config) program(version string, port int) (flock.Program, error) {
 	return p, nil
 }
 
-// saveDefault rewrites the file's defaultVersion, and nothing else,
-// atomically: a new file renamed over the old one.
+// saveDefault rewrites the file's defaultVersion, and nothing else (its
+// keys come out sorted, as JSON objects are read), atomically: a new
+// file, with the old one's mode and owner, renamed over the old one (the
+// file a symbolic link points to, if it is one), and the folder synced.
 func (c *Config) saveDefault(version string) error {
-	b, err := os.ReadFile(c.File)
+	path, err := filepath.EvalSymlinks(c.File)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
 	var keys map[string]json.RawMessage
 	if err := json.Unmarshal(b, &keys); err != nil {
-		return fmt.Errorf("%s: %w", c.File, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	keys["defaultVersion"], _ = json.Marshal(version)
 	out, err := json.MarshalIndent(keys, "", "  ")
 	if err != nil {
 		return err
 	}
-	st, err := os.Stat(c.File)
+	st, err := os.Stat(path)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(c.File), ".flock-proxy-*.json")
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".flock-proxy-*.json")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name()) // once renamed, there is nothing to remove
-	if _, err := tmp.Write(append(out, '\n')); err != nil {
-		tmp.Close()
+	err = writeAll(tmp, append(out, '\n'), st)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
-	if err := tmp.Chmod(st.Mode().Perm()); err != nil {
-		tmp.Close()
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
 		return err
 	}
-	if err := tmp.Close(); err != nil {
+	defer dir.Close()
+	return dir.Sync()
+}
+
+// writeAll writes b to f, with the mode and owner of st, and syncs it.
+func writeAll(f *os.File, b []byte, st os.FileInfo) error {
+	if _, err := f.Write(b); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), c.File)
+	if err := f.Chmod(st.Mode().Perm()); err != nil {
+		return err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && (int(sys.Uid) != os.Getuid() || int(sys.Gid) != os.Getgid()) {
+		if err := f.Chown(int(sys.Uid), int(sys.Gid)); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
 }

@@ -103,7 +103,10 @@ func (p *Proxy) Start(c *flock.Controller) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /table", p.serveTable)
 	mux.HandleFunc("POST /want", p.serveWant)
-	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: c.ServerErrorLog()}
+	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: c.ServerErrorLog(),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, c.(peerConn).pid)
+		}}
 	p.wg.Add(2)
 	go func() { defer p.wg.Done(); p.srv.Serve(p.ln) }()
 	go func() { defer p.wg.Done(); p.idleLoop() }()
@@ -148,7 +151,7 @@ func (p *Proxy) inherit(st flock.Status) {
 }
 
 func (p *Proxy) idleLoop() {
-	t := time.NewTicker(min(p.cfg.idleTime()/4, time.Second))
+	t := time.NewTicker(max(min(p.cfg.idleTime()/4, time.Second), 10*time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -163,9 +166,15 @@ func (p *Proxy) idleLoop() {
 // changedLocked publishes a new table and returns its number.
 func (p *Proxy) changedLocked() uint64 {
 	p.seq++
+	p.wakeLocked()
+	return p.seq
+}
+
+// wakeLocked wakes whoever waits for a change: of the table, a version's
+// state or the acks.
+func (p *Proxy) wakeLocked() {
 	close(p.changed)
 	p.changed = make(chan struct{})
-	return p.seq
 }
 
 func (p *Proxy) tableLocked() table {
@@ -182,15 +191,14 @@ func (p *Proxy) tableLocked() table {
 // newer than the one the worker has (after), or the same after a while.
 func (p *Proxy) serveTable(w http.ResponseWriter, r *http.Request) {
 	after, _ := strconv.ParseUint(r.FormValue("after"), 10, 64)
-	pid, _ := strconv.Atoi(r.FormValue("pid"))
+	pid, _ := r.Context().Value(peerKey{}).(int)
 	wait := time.NewTimer(20 * time.Second)
 	defer wait.Stop()
 	for {
 		p.mu.Lock()
-		if pid > 0 && p.acks[pid] < after {
-			p.acks[pid] = after
-			close(p.changed) // stop waits for this ack
-			p.changed = make(chan struct{})
+		if got, ok := p.acks[pid]; pid > 0 && (!ok || got < after) {
+			p.acks[pid] = after // it has table after, and is waited for from now on
+			p.wakeLocked()
 		}
 		t, ch := p.tableLocked(), p.changed
 		p.mu.Unlock()
@@ -316,9 +324,19 @@ func writeJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// childrenOnly accepts connections from the master's children only: the
-// socket is abstract, so any local process could reach it.
+// childrenOnly accepts connections from the master's own workers only
+// (its children in its process group; a foreign program's workers have
+// groups of their own): the socket is abstract, so any local process
+// could reach it.
 type childrenOnly struct{ net.Listener }
+
+// peerConn is a connection from a proxy worker, with its pid.
+type peerConn struct {
+	net.Conn
+	pid int
+}
+
+type peerKey struct{}
 
 func (l childrenOnly) Accept() (net.Conn, error) {
 	for {
@@ -326,16 +344,30 @@ func (l childrenOnly) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		var cred *unix.Ucred
-		rc, err := c.(*net.UnixConn).SyscallConn()
-		if err == nil {
-			rc.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-		}
-		if err == nil && parentOf(int(cred.Pid)) == os.Getpid() {
-			return c, nil
+		pid := peerPID(c)
+		if pgid, err := unix.Getpgid(pid); err == nil && pid > 0 && parentOf(pid) == os.Getpid() && pgid == unix.Getpgrp() {
+			return peerConn{c, pid}, nil
 		}
 		c.Close()
 	}
+}
+
+// peerPID is the pid of the process at the other end of a unix socket
+// (SO_PEERCRED), or 0.
+func peerPID(c net.Conn) int {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0
+	}
+	var cred *unix.Ucred
+	rc, err := uc.SyscallConn()
+	if err == nil {
+		rc.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	}
+	if err != nil {
+		return 0
+	}
+	return int(cred.Pid)
 }
 
 // parentOf is pid's parent, from /proc, or 0.

@@ -418,7 +418,7 @@ func TestVersionPortsTakenAndConfigGone(t *testing.T) {
 	require.NoError(t, os.Rename(filepath.Join(a.dir, "proxy.json"), filepath.Join(a.dir, "moved.json")))
 	code, body = a.call("proxy promote v2 1")
 	assert.Equal(t, http.StatusBadRequest, code)
-	assert.Contains(t, body, "not promoted: the config file: open "+filepath.Join(a.dir, "proxy.json"))
+	assert.Contains(t, body, "not promoted: the config file: lstat "+filepath.Join(a.dir, "proxy.json")+": no such file or directory")
 	in := a.info()
 	assert.Equal(t, "", in.Default)
 	assert.Equal(t, "running", in.version("v2").State, "started, as asked, but not the default")

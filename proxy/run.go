@@ -28,18 +28,15 @@ func (p *Proxy) Run(o flock.Options) error {
 	}
 	o.Workers = cfg.workers()
 	if def := cfg.DefaultVersion; def != "" && !flock.IsWorker() {
-		port, err := p.freePort()
-		if err != nil {
-			return fmt.Errorf("proxy: defaultVersion %s: %w", def, err)
-		}
-		prog, err := cfg.program(def, port)
-		if err != nil {
+		// Checked here, so that a wrong config fails the start; the
+		// extension starts it as the master listens, a group added while
+		// running as every version (so that USR2 hands each down alike).
+		if _, err := cfg.program(def, 0); err != nil {
 			return fmt.Errorf("proxy: defaultVersion: %w", err)
 		}
-		v := &version{name: def, port: port, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), added: true,
-			want: cfg.DefaultWorkerCount, state: vStarting, ready: map[int]bool{}}
-		p.vs[def] = v
-		o.WorkerGroups = append(o.WorkerGroups, flock.WorkerGroup{Name: def, Program: prog, Workers: v.want, Addr: v.addr, SharedSocket: true})
+		if _, err := p.freePort(); err != nil {
+			return fmt.Errorf("proxy: defaultVersion %s: %w", def, err)
+		}
 	}
 	o.Extensions = append(o.Extensions, p)
 	return flock.Run(o, newRouter(cfg).setup)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
@@ -60,6 +61,7 @@ type version struct {
 	ready map[int]bool // the pids of its ready workers
 	err   error        // why it failed
 	fails int          // failed starts in a row
+	gen   uint64       // its starts, counted: a timer or a stop is about one
 	retry time.Time    // when a failed version may be tried again
 	used  time.Time    // its last request, as the proxies report
 }
@@ -114,74 +116,102 @@ func (p *Proxy) ensure(name string, n int) error {
 	if err := checkVersion(name); err != nil {
 		return fmt.Errorf("%w: %v", ErrUnknownVersion, err)
 	}
+	if _, err := p.cfg.versionDir(name); err != nil { // before any lock: an unknown version costs nothing
+		return err
+	}
 	p.ops.Lock()
 	defer p.ops.Unlock()
 	p.mu.Lock()
 	v := p.vs[name]
 	switch {
-	case v == nil:
+	case v != nil && v.state == vFailed && time.Now().Before(v.retry):
+		err := v.err
+		p.mu.Unlock()
+		return fmt.Errorf("%w (tried again from %s)", err, v.retry.Format(time.TimeOnly))
+	case v != nil && (v.state == vStarting || v.state == vRunning) && v.want == n:
+		p.mu.Unlock()
+		return nil
+	case v == nil || !v.added: // a port nobody holds now
 		port, err := p.freePort()
 		if err != nil {
 			p.mu.Unlock()
 			return err
 		}
-		v = &version{name: name, port: port, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), ready: map[int]bool{}}
-	case v.state == vFailed && time.Now().Before(v.retry):
-		err := v.err
-		p.mu.Unlock()
-		return fmt.Errorf("%w (tried again from %s)", err, v.retry.Format(time.TimeOnly))
-	case (v.state == vStarting || v.state == vRunning) && v.want == n:
-		p.mu.Unlock()
-		return nil
+		if v == nil {
+			// In the table before its group is added: its first events
+			// find it.
+			v = &version{name: name, ready: map[int]bool{}}
+			p.vs[name] = v
+		}
+		v.port, v.addr = port, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	}
 	added := v.added
 	prog, err := p.cfg.program(name, v.port)
-	p.mu.Unlock()
 	if err != nil {
+		p.mu.Unlock()
 		return err
 	}
+	if v.state != vStarting && v.state != vRunning {
+		p.startLocked(v)
+	}
+	v.want, v.used = n, time.Now()
+	p.mu.Unlock()
+
 	if !added {
 		err = p.ctl.AddGroup(flock.WorkerGroup{Name: name, Program: prog, Workers: n, Addr: v.addr, SharedSocket: true})
 	} else {
 		err = p.ctl.SetGroupWorkers(name, n)
 	}
-	if err != nil {
-		return fmt.Errorf("version %s: %w", name, err)
-	}
+	exists := added || err == nil || slices.Contains(p.ctl.Status().Groups, name) // some of its workers started
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.vs[name], v.added, v.want, v.used = v, true, n, time.Now()
-	switch v.state {
-	case vStopped, vStopping, vFailed:
-		v.to(vStarting)
-		if len(v.ready) > 0 {
-			v.to(vRunning)
-		}
+	v.added = exists
+	if len(v.ready) > 0 && v.state == vStarting {
+		v.to(vRunning)
 	}
 	p.changedLocked()
+	p.mu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%w: %s: %v", ErrVersionFailed, name, err)
+		p.fail(name, 0, err) // with back-off: a port taken meanwhile, an fd table full
+		return err
+	}
 	return nil
 }
 
-// waitReady waits until version name has n workers ready, or has failed,
-// or the start timeout or ctx is over. A version that did not start in
-// time is stopped, and the error says why.
+// startLocked moves v to starting, for at most VersionStartTimeout.
+func (p *Proxy) startLocked(v *version) {
+	v.to(vStarting)
+	v.gen++
+	gen, timeout := v.gen, p.cfg.startTimeout()
+	time.AfterFunc(timeout, func() {
+		p.mu.Lock()
+		ready, want := len(v.ready), v.want
+		p.mu.Unlock()
+		p.fail(v.name, gen, fmt.Errorf("%w: %s: %d of %d workers ready after %v (versionStartTimeout)", ErrVersionFailed, v.name, ready, want, timeout))
+	})
+}
+
+// waitReady waits until version name has n workers ready, or has failed
+// (a start fails by itself after VersionStartTimeout), or ctx is over.
 func (p *Proxy) waitReady(ctx context.Context, name string, n int) error {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.startTimeout())
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.startTimeout()+time.Second) // the start's timer comes first
 	defer cancel()
 	for {
 		p.mu.Lock()
 		v, ch := p.vs[name], p.changed
 		var err error
-		done := v == nil
+		done := true
+		switch {
+		case v == nil || v.state == vStopped || v.state == vStopping:
+			err = fmt.Errorf("version %s was stopped while starting", name)
+		case v.state == vFailed:
+			err = v.err
+		case len(v.ready) < n:
+			done = false
+		}
+		ready := 0
 		if v != nil {
-			switch {
-			case v.state == vFailed:
-				done, err = true, v.err
-			case v.state == vStopped || v.state == vStopping:
-				done, err = true, fmt.Errorf("version %s was stopped while starting", name)
-			case len(v.ready) >= n:
-				done = true
-			}
+			ready = len(v.ready)
 		}
 		p.mu.Unlock()
 		if done {
@@ -191,37 +221,20 @@ func (p *Proxy) waitReady(ctx context.Context, name string, n int) error {
 		case <-ch:
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				p.fail(name, fmt.Errorf("%w: %s: %d of %d workers ready after %v (versionStartTimeout)", ErrVersionFailed, name, p.readyCount(name), n, p.cfg.startTimeout()))
+				return fmt.Errorf("version %s: %d of %d workers ready after %v", name, ready, n, p.cfg.startTimeout())
 			}
-			return p.failure(name, ctx.Err())
+			return ctx.Err()
 		}
 	}
 }
 
-func (p *Proxy) readyCount(name string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if v := p.vs[name]; v != nil {
-		return len(v.ready)
-	}
-	return 0
-}
-
-// failure is why name failed, or else err.
-func (p *Proxy) failure(name string, err error) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if v := p.vs[name]; v != nil && v.state == vFailed {
-		return v.err
-	}
-	return err
-}
-
-// fail marks a version that has no worker ready failed, and stops it.
-func (p *Proxy) fail(name string, why error) {
+// fail marks a starting version, or a running one with no worker ready,
+// failed, and stops its workers. gen, unless 0, is the start it is about:
+// a later start is left alone.
+func (p *Proxy) fail(name string, gen uint64, why error) {
 	p.mu.Lock()
 	v := p.vs[name]
-	if v == nil || v.state != vStarting && (v.state != vRunning || len(v.ready) > 0) {
+	if v == nil || gen != 0 && v.gen != gen || v.state != vStarting && (v.state != vRunning || len(v.ready) > 0) {
 		p.mu.Unlock()
 		return
 	}
@@ -230,11 +243,21 @@ func (p *Proxy) fail(name string, why error) {
 	v.err, v.retry = why, time.Now().Add(wait)
 	v.to(vFailed)
 	p.changedLocked()
+	gen, added := v.gen, v.added
 	p.mu.Unlock()
 	p.log.Warn("flock proxy: version failed to start; stopping it", "version", name, "err", why, "retry_in", wait.String())
+	if !added {
+		return
+	}
 	go func() {
 		p.ops.Lock()
 		defer p.ops.Unlock()
+		p.mu.Lock()
+		still := v.gen == gen && v.state == vFailed // not started again meanwhile
+		p.mu.Unlock()
+		if !still {
+			return
+		}
 		if err := p.ctl.SetGroupWorkers(name, 0); err != nil && !errors.Is(err, flock.ErrShuttingDown) {
 			p.log.Warn("flock proxy: cannot stop a failed version", "version", name, "err", err)
 		}
@@ -306,14 +329,20 @@ func (p *Proxy) Event(e flock.Event) {
 			p.usage(e.PID, e.Data)
 		}
 		return
+	case flock.EventListening:
+		p.startDefault()
+		return
 	case flock.EventForked, flock.EventReady, flock.EventExited, flock.EventGaveUp:
 	default:
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if e.Kind == flock.EventExited {
+	if _, ok := p.acks[e.PID]; ok && e.Kind == flock.EventExited { // a proxy worker: waitAcks no longer waits for it
 		delete(p.acks, e.PID)
+		p.changedLocked()
+	}
+	if e.Kind == flock.EventExited {
 		delete(p.use, e.PID)
 	}
 	v := p.vs[e.Group]
@@ -327,7 +356,7 @@ func (p *Proxy) Event(e flock.Event) {
 		}
 		v.want++
 		if v.state == vStopped {
-			v.to(vStarting)
+			p.startLocked(v)
 		}
 	case flock.EventReady:
 		v.ready[e.PID] = true
@@ -343,17 +372,33 @@ func (p *Proxy) Event(e flock.Event) {
 				why = fmt.Errorf("%w: %s: worker %d not ready within the boot timeout", ErrVersionFailed, v.name, e.PID)
 			}
 			p.mu.Unlock()
-			p.fail(v.name, why)
+			p.fail(v.name, 0, why)
 			p.mu.Lock()
 			return
 		}
 	case flock.EventGaveUp:
-		if len(v.ready) == 0 && v.state == vRunning {
+		if len(v.ready) == 0 && (v.state == vRunning || v.state == vStarting) {
 			p.mu.Unlock()
-			p.fail(v.name, fmt.Errorf("%w: %s: %v", ErrVersionFailed, v.name, e.Err))
+			p.fail(v.name, 0, fmt.Errorf("%w: %s: %v", ErrVersionFailed, v.name, e.Err))
 			p.mu.Lock()
 			return
 		}
 	}
 	p.changedLocked()
+}
+
+// startDefault starts the default version as the master begins to serve,
+// unless the old master handed it down (USR2).
+func (p *Proxy) startDefault() {
+	p.mu.Lock()
+	def, inherited := p.def, p.vs[p.def] != nil
+	p.mu.Unlock()
+	if def == "" || inherited {
+		return
+	}
+	go func() {
+		if err := p.ensure(def, p.cfg.DefaultWorkerCount); err != nil && !errors.Is(err, flock.ErrShuttingDown) {
+			p.log.Error("flock proxy: cannot start the default version; requests will try again", "version", def, "err", err)
+		}
+	}()
 }

@@ -49,7 +49,12 @@ func newRouter(cfg *Config) *router {
 	rt.link = &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", linkAddr(master))
+			c, err := d.DialContext(ctx, "unix", linkAddr(master))
+			if err == nil && peerPID(c) != master { // an abstract name anyone could have taken
+				c.Close()
+				return nil, fmt.Errorf("%s is not the master's (pid %d)", linkAddr(master), master)
+			}
+			return c, err
 		},
 	}}
 	tr := &http.Transport{
@@ -178,7 +183,7 @@ func (rt *router) want(ctx context.Context, name string) (addr string, code int,
 
 // poll fetches the table newer than after, or the same after a while.
 func (rt *router) poll(ctx context.Context, after uint64) (*table, error) {
-	q := "http://master/table?after=" + strconv.FormatUint(after, 10) + "&pid=" + strconv.Itoa(os.Getpid())
+	q := "http://master/table?after=" + strconv.FormatUint(after, 10)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, q, nil)
 	resp, err := rt.link.Do(req)
 	if err != nil {
@@ -233,7 +238,7 @@ func (rt *router) setup(w *flock.Worker) error {
 	for i, b := range rt.cfg.Bindings {
 		srv := &http.Server{Handler: rt, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 		if b.TLSOptions != nil {
-			cert, err := b.TLSOptions.load()
+			cert, err := b.TLSOptions.load() // checked by Load: changed on disk since
 			if err != nil {
 				return fmt.Errorf("proxy: bindings[%d]: %w", i, err)
 			}
