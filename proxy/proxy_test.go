@@ -3,18 +3,11 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -426,32 +419,8 @@ func TestVersionPortsTakenAndConfigGone(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, code, body)
 }
 
-// writeCert writes a self-signed certificate for 127.0.0.1, its key, and
-// both in one PEM file.
-func writeCert(t *testing.T) (certFile, keyFile, pemFile string) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "flock proxy test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	kder, err := x509.MarshalECPrivateKey(key)
-	require.NoError(t, err)
-	dir := t.TempDir()
-	c := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	k := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-	certFile, keyFile, pemFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "both.pem")
-	require.NoError(t, os.WriteFile(certFile, c, 0o600))
-	require.NoError(t, os.WriteFile(keyFile, k, 0o600))
-	require.NoError(t, os.WriteFile(pemFile, append(c, k...), 0o600))
-	return certFile, keyFile, pemFile
-}
-
 func TestTLSBindings(t *testing.T) {
-	cert, key, both := writeCert(t)
+	cert, key, both := flocktest.WriteCert(t)
 	a := startProxy(t, map[string]any{"defaultVersion": "v1", "bindings": []map[string]any{
 		{"host": "127.0.0.1", "port": 0, "tlsOptions": map[string]string{"cert": cert, "key": key}},
 		{"host": "127.0.0.1", "port": 0, "tlsOptions": map[string]string{"pem": both}},
