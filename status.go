@@ -207,7 +207,7 @@ func (m *master) publish() {
 func (m *master) status(mon *monitor) Status {
 	s := m.snap.Load()
 	st := Status{PID: os.Getpid(), Started: m.started, ECV: mon.state(s), State: s.state.public(), Backoff: s.backoff, Rolling: s.rolling,
-		Addr: s.listens[0].Addr, Groups: s.groups, Listens: s.listens, Binary: s.bin, Build: build(), Workers: make([]WorkerStatus, len(s.workers))}
+		Addr: s.listens[0].Addr, Groups: slices.Clone(s.groups), Listens: slices.Clone(s.listens), Binary: s.bin, Build: build(), Workers: make([]WorkerStatus, len(s.workers))}
 	if r := m.recent.Load(); r != nil {
 		st.Recent = *r
 	}

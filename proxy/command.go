@@ -165,7 +165,7 @@ func (p *Proxy) Promote(ctx context.Context, name string, n int) (VersionInfo, e
 	p.log.Info("flock proxy: promoted", "version", name, "workers", n, "was", old)
 	if old != "" && old != name {
 		go func() {
-			if _, err := p.demote(old); err != nil && !errors.Is(err, flock.ErrShuttingDown) {
+			if _, err := p.demote(old); err != nil && !stopping(err) {
 				p.log.Warn("flock proxy: cannot bring the old default down to nonDefaultWorkerCount", "version", old, "err", err)
 			}
 		}()

@@ -258,7 +258,7 @@ func (p *Proxy) fail(name string, gen uint64, why error) {
 		if !still {
 			return
 		}
-		if err := p.ctl.SetGroupWorkers(name, 0); err != nil && !errors.Is(err, flock.ErrShuttingDown) {
+		if err := p.ctl.SetGroupWorkers(name, 0); err != nil && !stopping(err) {
 			p.log.Warn("flock proxy: cannot stop a failed version", "version", name, "err", err)
 		}
 	}()
@@ -315,7 +315,7 @@ func (p *Proxy) idle(now time.Time) {
 	p.mu.Unlock()
 	for _, name := range names {
 		p.log.Info("flock proxy: version idle; stopping it", "version", name, "idle", p.cfg.idleTime())
-		if err := p.stop(name); err != nil && !errors.Is(err, flock.ErrShuttingDown) {
+		if err := p.stop(name); err != nil && !stopping(err) {
 			p.log.Warn("flock proxy: cannot stop an idle version", "version", name, "err", err)
 		}
 	}
@@ -397,8 +397,14 @@ func (p *Proxy) startDefault() {
 		return
 	}
 	go func() {
-		if err := p.ensure(def, p.cfg.DefaultWorkerCount); err != nil && !errors.Is(err, flock.ErrShuttingDown) {
+		if err := p.ensure(def, p.cfg.DefaultWorkerCount); err != nil && !stopping(err) {
 			p.log.Error("flock proxy: cannot start the default version; requests will try again", "version", def, "err", err)
 		}
 	}()
+}
+
+// stopping reports whether err says the master is going away: nothing to
+// log when a background step meets it.
+func stopping(err error) bool {
+	return errors.Is(err, flock.ErrShuttingDown) || errors.Is(err, flock.ErrStopped)
 }
