@@ -139,21 +139,24 @@ func TestEchoLifecycleUnderLoad(t *testing.T) {
 	for _, op := range []struct {
 		name string
 		args []string
+		all  bool // every worker is replaced before do returns: some long-lived clients must hear BYE
 		do   func(a *flocktest.App)
 	}{
-		{"HUP", nil, func(a *flocktest.App) {
+		{"HUP", nil, true, func(a *flocktest.App) {
 			a.Signal(syscall.SIGHUP)
 			a.WaitFor("the roll", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "roll" && r.Str("reason") != "began" })
 			a.WaitFor("an old worker gone", 20*time.Second, exited("restart"))
 		}},
-		{"TTOU", nil, func(a *flocktest.App) {
+		// One worker of three goes: SO_REUSEPORT may have handed it none
+		// of the 8 long-lived clients ((2/3)^8, about 4 % of runs).
+		{"TTOU", nil, false, func(a *flocktest.App) {
 			a.Signal(syscall.SIGTTOU)
 			a.WaitFor("a worker gone", 20*time.Second, exited("scale-down"))
 		}},
-		{"recycle", []string{"-max-uptime", "500ms"}, func(a *flocktest.App) {
+		{"recycle", []string{"-max-uptime", "500ms"}, false, func(a *flocktest.App) {
 			a.WaitFor("a recycled worker gone", 20*time.Second, exited("recycle"))
 		}},
-		{"USR2", nil, func(a *flocktest.App) {
+		{"USR2", nil, true, func(a *flocktest.App) {
 			a.Signal(syscall.SIGUSR2)
 			assert.Equal(t, 0, a.ExitCode(20*time.Second), "the old master drains and exits")
 		}},
@@ -170,7 +173,7 @@ func TestEchoLifecycleUnderLoad(t *testing.T) {
 				l.end()
 				t.Log(l)
 				assert.Zero(t, l.failed.Load(), l.String())
-				if longLived {
+				if longLived && op.all {
 					assert.Positive(t, l.byes.Load(), "the clients were told to go")
 				}
 			})
