@@ -24,7 +24,7 @@
 // start leaves the old default serving, the command saying why.
 //
 // The proxy workers learn the routes from the master over a unix socket
-// (abstract, @flock-proxy/<master pid>, open to the master's children
+// (abstract, @flock-proxy/<master pid>, open to the master's own workers
 // only): a long poll of the table of versions, and a call that starts a
 // version and answers once it is ready. They report each version's
 // requests and the ones in flight with flock.Report, which is what idle
