@@ -57,6 +57,10 @@ func (g *group) owns(i int) bool { return i >= g.lo && i < g.hi }
 // not have.
 var ErrNoSuchGroup = errors.New("no such group")
 
+// ErrPartlyAdded is in AddGroup's error when the group was added but not
+// all its workers could start (the fd table full, say).
+var ErrPartlyAdded = errors.New("group added")
+
 // checkProgram fills in a Program's defaults and checks it, as Supervise
 // does for every group.
 func checkProgram(p *Program) error {
@@ -141,7 +145,8 @@ func (c *config) newGroup(g WorkerGroup, groups []*group) (*group, error) {
 // AddGroup adds a worker group to the running master and starts its
 // Workers workers (0 means 1), as WorkerGroups does at start: under
 // Supervise, Serve or Run alike. Its listeners are bound as its first
-// worker starts: a busy port fails the call, and the group is not added.
+// worker starts: a busy port fails the call, and the group is not added;
+// an error after the first worker wraps ErrPartlyAdded.
 // USR2 hands it down with its workers' sockets: the new master adds it
 // too, unless its options have a group of that name, and starts its
 // workers on them (none if it had none).
@@ -173,7 +178,7 @@ func (c *Controller) AddGroup(g WorkerGroup) error {
 				m.added = m.added[:len(m.added)-1]
 				return err
 			} else if err != nil {
-				return fmt.Errorf("%d of %d workers started: %w", i, ng.workers, err)
+				return fmt.Errorf("%w: %d of %d workers started: %w", ErrPartlyAdded, i, ng.workers, err)
 			}
 		}
 		return nil

@@ -50,6 +50,7 @@
 # (installed from Debian when missing) and ss.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh # run, tree, tree_ticks, stats
 
 rounds=7 sat=5 fixed=20 slice=1 conns=32 frac=0.5 aa=
 modes="http-keepalive http-newconn echo-keepalive echo-newconn"
@@ -98,38 +99,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo interrupted >&2; exit 130' INT TERM
 
-# run CMD...: run a load generator in the background, its output in
-# $res/load.out, and wait for it (in this shell, not a subshell, so that a
-# signal reaches the trap at once).
-run() {
-  "$@" >"$res/load.out" &
-  loads=("$!")
-  wait "$!" || true
-  loads=()
-}
-
-# tree PID: the pid and all its descendants.
-tree() {
-  local c
-  echo "$1"
-  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$c"; done
-}
-
-# ticks bare|flock: sets $sum to utime + stime in clock ticks, summed over
-# the server's processes (its group leaders and all their descendants),
-# and $procs to the pids counted, so that a process appearing or vanishing
-# during a slice (whose ticks would be missed) is noticed.
+# ticks bare|flock: tree_ticks over the server's processes (its group
+# leaders and all their descendants).
 ticks() {
-  local p s a
   local -n leaders=g_$1
-  sum=0
-  procs=$(for p in "${leaders[@]}"; do tree "$p"; done | sort -n | tr '\n' ' ')
-  for p in $procs; do
-    s=$(cat /proc/"$p"/stat 2>/dev/null) || continue
-    s=${s##*) } # fields from 3 (state) on: the name may hold spaces
-    read -ra a <<<"$s"
-    sum=$((sum + a[11] + a[12])) # fields 14 (utime) and 15 (stime)
-  done
+  tree_ticks "${leaders[@]}"
 }
 
 port=5300
@@ -284,9 +258,6 @@ done
 echo
 echo "flock / bare over the rounds: median (range); mean ± standard error"
 printf '%-14s %-6s %-42s %s\n' mode level "throughput" "cpu per request"
-stats() { sort -g "$1" | awk '{a[NR] = $1; s += $1; q += $1 * $1}
-  END {m = s / NR; se = NR > 1 ? sqrt((q - NR * m * m) / (NR - 1) / NR) : 0
-    printf "%.3f (%.3f – %.3f); %.3f ± %.3f", (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[1], a[NR], m, se}'; }
 for mode in $modes; do
   for level in fixed sat; do
     printf '%-14s %-6s %-42s %s\n' "$mode" "$level" "$(stats "$res/$mode.$level.rps")" "$(stats "$res/$mode.$level.cpu")"

@@ -125,12 +125,8 @@ func (a *cmdApp) call(line string, opts ...func(*http.Request)) (int, string, ht
 	for _, o := range opts {
 		o(req)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, strings.TrimSpace(string(b)), resp.Header
+	code, body, h := flocktest.Do(t, req)
+	return code, strings.TrimSpace(body), h
 }
 
 func TestStatusCodes(t *testing.T) {

@@ -165,7 +165,7 @@ func (p *Proxy) Promote(ctx context.Context, name string, n int) (VersionInfo, e
 	p.log.Info("flock proxy: promoted", "version", name, "workers", n, "was", old)
 	if old != "" && old != name {
 		go func() {
-			if _, err := p.demote(old); err != nil && !stopping(err) {
+			if err := p.demote(old); err != nil && !stopping(err) {
 				p.log.Warn("flock proxy: cannot bring the old default down to nonDefaultWorkerCount", "version", old, "err", err)
 			}
 		}()
@@ -175,15 +175,15 @@ func (p *Proxy) Promote(ctx context.Context, name string, n int) (VersionInfo, e
 
 // demote brings a former default to NonDefaultWorkerCount workers, if it
 // runs.
-func (p *Proxy) demote(name string) (bool, error) {
+func (p *Proxy) demote(name string) error {
 	p.mu.Lock()
 	v := p.vs[name]
 	run := v != nil && v.state == vRunning && v.want > p.cfg.NonDefaultWorkerCount
 	p.mu.Unlock()
 	if !run {
-		return false, nil
+		return nil
 	}
-	return true, p.ensure(name, p.cfg.NonDefaultWorkerCount)
+	return p.ensure(name, p.cfg.NonDefaultWorkerCount)
 }
 
 func (p *Proxy) versionInfo(name string) VersionInfo {

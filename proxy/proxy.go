@@ -65,11 +65,10 @@ type Proxy struct {
 	acks    map[int]uint64            // the table each proxy worker has, by pid
 	use     map[int]map[string]counts // each proxy worker's last report
 
-	countForks bool // after USR2: the versions' workers are counted as their first forks come
-	ln         net.Listener
-	srv        *http.Server
-	quit       chan struct{}
-	wg         sync.WaitGroup
+	ln   net.Listener
+	srv  *http.Server
+	quit chan struct{}
+	wg   sync.WaitGroup
 }
 
 // table is what the proxy workers route by.
@@ -128,7 +127,6 @@ func (p *Proxy) Stop() {
 func (p *Proxy) inherit(st flock.Status) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.countForks = true
 	now := time.Now()
 	for _, name := range st.Groups[1:] {
 		v := p.vs[name]
@@ -142,7 +140,6 @@ func (p *Proxy) inherit(st flock.Status) {
 		v.want = 0 // as many as are forked
 		for _, l := range st.Listens {
 			if l.Name == name {
-				v.addr = l.Addr
 				_, port, _ := net.SplitHostPort(l.Addr)
 				v.port, _ = strconv.Atoi(port)
 			}
@@ -181,7 +178,7 @@ func (p *Proxy) tableLocked() table {
 	t := table{Seq: p.seq, Default: p.def, Versions: map[string]string{}}
 	for name, v := range p.vs {
 		if v.routable() {
-			t.Versions[name] = v.addr
+			t.Versions[name] = v.addr()
 		}
 	}
 	return t
@@ -232,7 +229,7 @@ func (p *Proxy) serveWant(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 	default:
 		p.mu.Lock()
-		addr := p.vs[name].addr
+		addr := p.vs[name].addr()
 		p.mu.Unlock()
 		writeJSON(w, map[string]string{"addr": addr})
 	}

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,17 +103,8 @@ func startProxy(t *testing.T, keys map[string]any, versions ...string) *proxyApp
 
 // call runs a command line and returns the status and the body.
 func (a *proxyApp) call(line string) (int, string) {
-	t := a.T()
-	t.Helper()
-	req, err := http.NewRequest("POST", "http://"+a.endpoint+"/cli?cmd="+url.QueryEscape(line), nil)
-	require.NoError(t, err)
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, strings.TrimSpace(string(b))
+	a.T().Helper()
+	return flocktest.Command(a.T(), a.endpoint, key, line)
 }
 
 func (a *proxyApp) info() Info {
@@ -146,12 +136,8 @@ func (a *proxyApp) get(version, path string) (int, string) {
 	if version != "" {
 		req.Header.Set("X-Version", version)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, strings.TrimSpace(string(b))
+	code, body, _ := flocktest.Do(t, req)
+	return code, strings.TrimSpace(body)
 }
 
 // answeredBy is the version and the pid of an answer "VERSION PID".

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"strconv"
 	"time"
 
@@ -54,8 +53,7 @@ var vmoves = map[vstate][]vstate{
 type version struct {
 	name  string
 	port  int
-	addr  string // as bound: 127.0.0.1:port
-	added bool   // its group is in the master
+	added bool // its group is in the master
 	want  int
 	state vstate
 	ready map[int]bool // the pids of its ready workers
@@ -75,6 +73,9 @@ func (v *version) to(next vstate) {
 	}
 	panic(fmt.Sprintf("proxy: version %s: no transition from %v to %v", v.name, v.state, next))
 }
+
+// addr is where its workers listen.
+func (v *version) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(v.port)) }
 
 // routable reports whether the proxies send requests to it.
 func (v *version) routable() bool { return v.state == vRunning }
@@ -143,7 +144,7 @@ func (p *Proxy) ensure(name string, n int) error {
 			v = &version{name: name, ready: map[int]bool{}}
 			p.vs[name] = v
 		}
-		v.port, v.addr = port, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		v.port = port
 	}
 	added := v.added
 	prog, err := p.cfg.program(name, v.port)
@@ -158,11 +159,11 @@ func (p *Proxy) ensure(name string, n int) error {
 	p.mu.Unlock()
 
 	if !added {
-		err = p.ctl.AddGroup(flock.WorkerGroup{Name: name, Program: prog, Workers: n, Addr: v.addr, SharedSocket: true})
+		err = p.ctl.AddGroup(flock.WorkerGroup{Name: name, Program: prog, Workers: n, Addr: v.addr(), SharedSocket: true})
 	} else {
 		err = p.ctl.SetGroupWorkers(name, n)
 	}
-	exists := added || err == nil || slices.Contains(p.ctl.Status().Groups, name) // some of its workers started
+	exists := added || err == nil || errors.Is(err, flock.ErrPartlyAdded)
 	p.mu.Lock()
 	v.added = exists
 	if len(v.ready) > 0 && v.state == vStarting {
@@ -336,6 +337,14 @@ func (p *Proxy) Event(e flock.Event) {
 	default:
 		return
 	}
+	if why := p.track(e); why != nil {
+		p.fail(e.Group, 0, why)
+	}
+}
+
+// track takes a worker event into the state, and returns why the
+// version failed, if the event says it did.
+func (p *Proxy) track(e flock.Event) (failed error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, ok := p.acks[e.PID]; ok && e.Kind == flock.EventExited { // a proxy worker: waitAcks no longer waits for it
@@ -347,12 +356,12 @@ func (p *Proxy) Event(e flock.Event) {
 	}
 	v := p.vs[e.Group]
 	if v == nil {
-		return
+		return nil
 	}
 	switch e.Kind {
 	case flock.EventForked:
-		if !p.countForks || e.Start != flock.StartFirst {
-			return
+		if p.ctl.Predecessor() == 0 || e.Start != flock.StartFirst { // counted so only after USR2 (inherit)
+			return nil
 		}
 		v.want++
 		if v.state == vStopped {
@@ -366,25 +375,19 @@ func (p *Proxy) Event(e flock.Event) {
 		}
 	case flock.EventExited:
 		delete(v.ready, e.PID)
-		if e.Exit.Failed() && v.state == vStarting {
-			why := fmt.Errorf("%w: %s: worker %d exited (%s, status %d) before it was ready", ErrVersionFailed, v.name, e.PID, e.Exit, e.Status)
-			if e.Exit == flock.ExitBootTimeout {
-				why = fmt.Errorf("%w: %s: worker %d not ready within the boot timeout", ErrVersionFailed, v.name, e.PID)
-			}
-			p.mu.Unlock()
-			p.fail(v.name, 0, why)
-			p.mu.Lock()
-			return
+		switch {
+		case e.Exit == flock.ExitBootTimeout && v.state == vStarting:
+			return fmt.Errorf("%w: %s: worker %d not ready within the boot timeout", ErrVersionFailed, v.name, e.PID)
+		case e.Exit.Failed() && v.state == vStarting:
+			return fmt.Errorf("%w: %s: worker %d exited (%s, status %d) before it was ready", ErrVersionFailed, v.name, e.PID, e.Exit, e.Status)
 		}
 	case flock.EventGaveUp:
 		if len(v.ready) == 0 && (v.state == vRunning || v.state == vStarting) {
-			p.mu.Unlock()
-			p.fail(v.name, 0, fmt.Errorf("%w: %s: %v", ErrVersionFailed, v.name, e.Err))
-			p.mu.Lock()
-			return
+			return fmt.Errorf("%w: %s: %v", ErrVersionFailed, v.name, e.Err)
 		}
 	}
 	p.changedLocked()
+	return nil
 }
 
 // startDefault starts the default version as the master begins to serve,

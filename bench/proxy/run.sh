@@ -57,6 +57,7 @@
 # curl and jq.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/lib.sh # run, tree, tree_ticks, stats
 
 rounds=7 sat=5 fixed=10 slice=1 conns=32 frac=0.5 aa= keep=
 modes="keepalive newconn"
@@ -114,37 +115,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo interrupted >&2; exit 130' INT TERM
 
-# run CMD...: run a load generator in the background, its output in
-# $res/load.out, and wait for it (in this shell, so that a signal reaches
-# the trap at once).
-run() {
-  "$@" >"$res/load.out" 2>&1 &
-  loads=("$!")
-  wait "$!" || true
-  loads=()
-}
-
-# tree PID: the pid and all its descendants.
-tree() {
-  local c
-  echo "$1"
-  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$c"; done
-}
-
-# ticks: sets $sum to utime + stime in clock ticks, summed over flock's
-# tree, and $procs to the pids counted, so that a process appearing or
-# vanishing during a slice (whose ticks would be missed) is noticed.
-ticks() {
-  local p s a
-  sum=0
-  procs=$(tree "$master" | sort -n | tr '\n' ' ')
-  for p in $procs; do
-    s=$(cat /proc/"$p"/stat 2>/dev/null) || continue
-    s=${s##*) } # fields from 3 (state) on: the name may hold spaces
-    read -ra a <<<"$s"
-    sum=$((sum + a[11] + a[12])) # fields 14 (utime) and 15 (stime)
-  done
-}
+# ticks: tree_ticks over flock's tree.
+ticks() { tree_ticks "$master"; }
 
 # free_port FROM: sets $port to the first port from FROM on that nothing
 # listens on.
@@ -318,9 +290,6 @@ done
 echo
 echo "proxied / direct over the rounds: median (range); mean ± standard error"
 printf '%-9s %-6s %-42s %s\n' mode level "throughput" "cpu per request"
-stats() { sort -g "$1" | awk '{a[NR] = $1; s += $1; q += $1 * $1}
-  END {m = s / NR; se = NR > 1 ? sqrt((q - NR * m * m) / (NR - 1) / NR) : 0
-    printf "%.3f (%.3f – %.3f); %.3f ± %.3f", (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[1], a[NR], m, se}'; }
 for mode in $modes; do
   for level in sat fixed; do
     printf '%-9s %-6s %-42s %s\n' "$mode" "$level" "$(stats "$res/$mode.$level.rps")" "$(stats "$res/$mode.$level.cpu")"

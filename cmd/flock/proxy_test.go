@@ -2,9 +2,7 @@ package main
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,22 +42,14 @@ func TestProxyMode(t *testing.T) {
 		if version != "" {
 			req.Header.Set("x-version", version)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
-		return string(b)
+		code, body, _ := flocktest.Do(t, req)
+		require.Equal(t, http.StatusOK, code, body)
+		return body
 	}
 	call := func(line string) string {
-		req, _ := http.NewRequest("POST", "http://"+endpoint+"/cli?cmd="+url.QueryEscape(line), nil)
-		req.Header.Set("Authorization", "Bearer k")
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", line, b)
-		return string(b)
+		code, body := flocktest.Command(t, endpoint, "k", line)
+		require.Equal(t, http.StatusOK, code, "%s: %s", line, body)
+		return body
 	}
 
 	assert.Contains(t, get(""), "Hello from v1")

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
@@ -405,12 +406,30 @@ func (a *App) Mon(method, path string) (int, string, http.Header) {
 	a.t.Helper()
 	req, err := http.NewRequest(method, "http://"+a.Monitor+path, nil)
 	require.NoError(a.t, err)
+	return Do(a.t, req)
+}
+
+// Do sends req and returns the status, the whole body and the header;
+// the test fails if there is no answer.
+func Do(t *testing.T, req *http.Request) (int, string, http.Header) {
+	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
-	require.NoError(a.t, err)
+	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	require.NoError(a.t, err)
+	require.NoError(t, err)
 	return resp.StatusCode, string(b), resp.Header
+}
+
+// Command runs a command line on the command surface at endpoint, with
+// the access key, and returns the status and the answer.
+func Command(t *testing.T, endpoint, key, line string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("POST", "http://"+endpoint+"/cli?cmd="+url.QueryEscape(line), nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+key)
+	code, body, _ := Do(t, req)
+	return code, strings.TrimSpace(body)
 }
 
 // Get makes one request on a fresh connection and returns the pid of the
