@@ -283,7 +283,10 @@ func (m *master) call(fn func()) error {
 	}
 	done := make(chan struct{})
 	select {
-	case m.inbox <- func() { fn(); close(done) }:
+	// Published before the caller goes on, so that it reads what it did
+	// (a GET after POST /ecv/disable saw the old state under load); the
+	// loop publishes again and reports the events after it.
+	case m.inbox <- func() { fn(); m.publish(); close(done) }:
 		<-done
 		return nil
 	case <-m.looped:
