@@ -2,6 +2,7 @@ package metrics_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -278,11 +280,17 @@ scrape_configs:
 		a.WaitFor("a worker recycled", 30*time.Second, func(r flocktest.Rec) bool { return r.Str("reason") == string(flock.ExitRecycle) })
 	})
 	a.WaitUntil("every request reported", 10*time.Second, func() bool { return counter(scrape(t, a), "app_requests_total") >= answered })
-	victim, err := flocktest.Get(a.URL("/"))
-	require.NoError(t, err)
-	answered++
-	a.WaitUntil("that request reported", 10*time.Second, func() bool { return counter(scrape(t, a), "app_requests_total") >= answered })
-	require.NoError(t, syscall.Kill(victim, syscall.SIGKILL))
+	// The victim: a ready worker far from MaxRequests, every request it
+	// served already reported. (A worker picked by the one that answers a
+	// request could be recycled by that request, and gone by the kill.)
+	code, body, _ := a.Mon("GET", "/")
+	require.Equal(t, http.StatusOK, code, body)
+	var st flock.Status
+	require.NoError(t, json.Unmarshal([]byte(body), &st))
+	victim := slices.MinFunc(slices.DeleteFunc(st.Workers, func(w flock.WorkerStatus) bool { return w.State != flock.WorkerReady }),
+		func(a, b flock.WorkerStatus) int { return cmp.Compare(a.Requests, b.Requests) })
+	require.Less(t, victim.Requests, int64(1000), "far from MaxRequests (1500)")
+	require.NoError(t, syscall.Kill(victim.PID, syscall.SIGKILL))
 	a.WaitFor("the killed worker re-forked", 20*time.Second, func(r flocktest.Rec) bool { return r.Str("event") == "forked" && r.Str("reason") == "failure" })
 	answered += load(func() {
 		a.SignalUntil(syscall.SIGTTOU, "a worker fewer", func(r flocktest.Rec) bool { return r.Str("reason") == string(flock.ExitScaleDown) })
